@@ -1,0 +1,1 @@
+"""Cross-attention control for Prompt-to-Prompt: token alignment between prompts and attention editing."""

@@ -1,0 +1,243 @@
+"""Prompt-to-Prompt controllers (Hertz et al., "Prompt-to-Prompt Image Editing with Cross Attention Control").
+
+A controller sees the attention probabilities of the layers it `wants`, through `edit(...)`, and the new
+latent after every sampling step, through `after_step(i, x)`. The UNet batch is laid out as the sampling
+loop builds it: [uncond rows; cond rows] under classifier-free guidance, and within each half row 0 is the
+source prompt, rows 1.. the targets. Controllers edit the cond rows only, as the reference does.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from attention import alignment
+from editing.errors import UserError
+
+STORE_MAX_TOKENS = 32 * 32  # maps up to 32x32 queries are averaged (the reference's memory bound)
+SELF_REPLACE_MAX_TOKENS = 16 * 16  # self-attention is injected only at <= 16x16 (the reference's choice)
+EDIT_MODES = ("replace", "refine", "auto")
+
+
+def cond_rows(probs: torch.Tensor, heads: int, n_prompts: int) -> tuple[torch.Tensor, int]:
+    """(B*heads, Q, K) -> a (B, heads, Q, K) view and the index of the first cond row (B is n or 2n)."""
+    batch = probs.shape[0] // heads
+    if batch not in (n_prompts, 2 * n_prompts):
+        raise ValueError(f"attention batch {batch} does not fit {n_prompts} prompts (with or without guidance)")
+    return probs.view(batch, heads, *probs.shape[1:]), batch - n_prompts
+
+
+class AttentionStore:
+    """Averages the cond rows' attention maps (mean over heads) on the fly, keyed by (place, 'cross'|'self').
+
+    Only maps with at most `max_tokens` queries are kept, so memory stays bounded at any resolution.
+    """
+
+    def __init__(self, n_prompts: int, store_self: bool = False, max_tokens: int = STORE_MAX_TOKENS):
+        self.n_prompts = n_prompts
+        self.store_self = store_self
+        self.max_tokens = max_tokens
+        self.step_maps: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)  # this step's maps
+        self.totals: dict[tuple[str, str], list[torch.Tensor]] = {}  # summed over finished steps
+        self.steps_done = 0
+
+    def wants(self, is_cross: bool, queries: int, step: int) -> bool:
+        return queries <= self.max_tokens and (is_cross or self.store_self)
+
+    def record(self, probs: torch.Tensor, is_cross: bool, place: str, heads: int) -> None:
+        if probs.shape[1] > self.max_tokens or not (is_cross or self.store_self):
+            return
+        view, first = cond_rows(probs, heads, self.n_prompts)
+        self.step_maps[(place, "cross" if is_cross else "self")].append(view[first:].float().mean(1))
+
+    def edit(self, probs: torch.Tensor, *, is_cross: bool, place: str, step: int, heads: int) -> torch.Tensor:
+        self.record(probs, is_cross, place, heads)
+        return probs
+
+    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Fold this step's maps into the running sums; the latent is returned unchanged."""
+        for key, maps in self.step_maps.items():
+            if key not in self.totals:
+                self.totals[key] = [m.clone() for m in maps]
+            else:
+                for total, m in zip(self.totals[key], maps):
+                    total += m
+        self.step_maps = defaultdict(list)
+        self.steps_done += 1
+        return x
+
+    def average(self, kind: str = "cross") -> list[torch.Tensor]:
+        """The step-averaged maps of every stored layer of that kind, each (n_prompts, Q, K)."""
+        if self.steps_done == 0:
+            return []
+        return [t / self.steps_done for (place, k), maps in sorted(self.totals.items()) if k == kind
+                for t in maps]
+
+
+def step_window(value, steps: int) -> tuple[int, int]:
+    """A float f -> steps [0, f*steps); a pair (a, b) -> steps [a*steps, b*steps)."""
+    start, end = (0.0, float(value)) if isinstance(value, (int, float)) else map(float, value)
+    if not 0.0 <= start <= end <= 1.0:
+        raise UserError(f"a step range must satisfy 0 <= start <= end <= 1, got {value!r}")
+    return int(start * steps), int(end * steps)
+
+
+def cross_replace_alphas(source: str, targets: list[str], tokenizer, steps: int, cross_replace) -> torch.Tensor:
+    """(steps, n_targets, L) weights of the injected cross-attention per step and target token.
+
+    cross_replace: a float or (start, end) pair for every token, or a dict {"default_": range, word: range}
+    with its own range for the named words (of the target prompts), as the reference's
+    get_time_words_attention_alpha.
+    """
+    length = tokenizer.model_max_length
+    per_word = dict(cross_replace) if isinstance(cross_replace, dict) else {"default_": cross_replace}
+    default = per_word.pop("default_", 1.0)
+    alphas = torch.zeros(steps, len(targets), length)
+    start, end = step_window(default, steps)
+    alphas[start:end] = 1.0
+    for word, window in per_word.items():
+        start, end = step_window(window, steps)
+        for k, target in enumerate(targets):
+            positions = alignment.word_token_indices(target, word, tokenizer)
+            alphas[:, k, positions] = 0.0
+            alphas[start:end, k, positions] = 1.0
+    return alphas
+
+
+@dataclass
+class BlendConfig:
+    """Local blending: keep the source latent outside the region of the given words (or a user mask)."""
+
+    source_words: list[str] = field(default_factory=list)
+    target_words: list[str] = field(default_factory=list)
+    threshold: float = 0.3  # the reference's th=(.3, .3) on the max-normalised word attention
+    start: float = 0.2  # no blending in the first 20 % of the steps (the reference's start_blend)
+    subtract_words: list[str] = field(default_factory=list)  # their region is removed from the mask
+    mask: torch.Tensor | None = None  # (h, w) in [0, 1], a user mask at latent size; replaces the words
+    pool: int = 1  # max-pool radius that grows the mask a little (the reference's k = 1)
+
+
+@dataclass
+class P2PConfig:
+    edit: str = "auto"  # replace (equal word counts), refine (any prompts) or auto (replace when possible)
+    cross_replace: object = 0.8  # float, (start, end) or {"default_": ..., word: ...}: the reference's 0.8
+    self_replace: object = 0.4  # float or (start, end): the reference's 0.4 for word swaps
+    reweight: dict[str, float] = field(default_factory=dict)  # target word -> attention scale
+    blend: BlendConfig | None = None
+    self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS
+
+
+def resolve_edit(source: str, targets: list[str], edit: str) -> str:
+    if edit not in EDIT_MODES:
+        raise UserError(f"unknown edit {edit!r}: choose replace, refine or auto (reweight is --reweight)")
+    equal = all(len(alignment.words_of(t)) == len(alignment.words_of(source)) for t in targets)
+    if edit == "auto":
+        return "replace" if equal else "refine"
+    return edit
+
+
+class PromptToPrompt(AttentionStore):
+    """Replace / Refine cross-attention injection, self-attention injection, Reweight and LocalBlend."""
+
+    def __init__(self, source: str, targets: list[str], tokenizer, steps: int, config: P2PConfig = P2PConfig()):
+        super().__init__(n_prompts=1 + len(targets))
+        self.config = config
+        self.mode = resolve_edit(source, targets, config.edit)
+        if self.mode == "replace":
+            self.mapper = alignment.replacement_mapper(source, targets, tokenizer)  # (n_t, L, L)
+        else:
+            self.mapper, self.refine_alphas = alignment.refinement_mapper(source, targets, tokenizer)  # (n_t, L)
+        self.equalizer = None
+        if config.reweight:
+            self.equalizer = torch.stack([alignment.reweight_vector(t, config.reweight, tokenizer)
+                                          for t in targets])  # (n_t, L)
+        self.cross_alphas = cross_replace_alphas(source, targets, tokenizer, steps, config.cross_replace)
+        self.self_window = step_window(config.self_replace, steps)
+        self.blend_start = None
+        if config.blend is not None:
+            self.blend_start = int(config.blend.start * steps)
+            self.blend_tokens = self._blend_tokens(source, targets, tokenizer, config.blend.source_words,
+                                                   config.blend.target_words)
+            self.subtract_tokens = None
+            if config.blend.subtract_words:
+                self.subtract_tokens = self._blend_tokens(source, targets, tokenizer, config.blend.subtract_words,
+                                                          config.blend.subtract_words, required=False)
+
+    @staticmethod
+    def _blend_tokens(source, targets, tokenizer, source_words, target_words, required=True) -> torch.Tensor:
+        """(n_prompts, L) 0/1: which tokens of each prompt make up the blended region."""
+        prompts_words = [(source, source_words)] + [(t, target_words) for t in targets]
+        marks = torch.zeros(len(prompts_words), tokenizer.model_max_length)
+        for row, (prompt, words) in enumerate(prompts_words):
+            for word in words:
+                if not required and alignment.normalize_word(word) not in map(alignment.normalize_word,
+                                                                              alignment.words_of(prompt)):
+                    continue
+                marks[row, alignment.word_token_indices(prompt, word, tokenizer)] = 1.0
+        return marks
+
+    def wants(self, is_cross: bool, queries: int, step: int) -> bool:
+        if is_cross:
+            return True
+        start, end = self.self_window
+        return start <= step < end and queries <= self.config.self_replace_max_tokens
+
+    def replace_cross(self, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Source maps (heads, Q, L) mapped onto each target's tokens -> (n_t, heads, Q, L)."""
+        if self.mode == "replace":
+            mapped = torch.einsum("hql,nlm->nhqm", base, self.mapper.to(base))
+        else:
+            alphas = self.refine_alphas.to(base)[:, None, None, :]  # (n_t, 1, 1, L)
+            mapped = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (n_t, heads, Q, L)
+            mapped = mapped * alphas + targets * (1 - alphas)  # inserted tokens keep their own attention
+        if self.equalizer is not None:
+            mapped = mapped * self.equalizer.to(base)[:, None, None, :]
+        return mapped
+
+    def edit(self, probs: torch.Tensor, *, is_cross: bool, place: str, step: int, heads: int) -> torch.Tensor:
+        self.record(probs, is_cross, place, heads)
+        view, first = cond_rows(probs, heads, self.n_prompts)  # (B, heads, Q, K)
+        base, targets = view[first], view[first + 1:]
+        if is_cross:
+            alpha = self.cross_alphas[step].to(base)[:, None, None, :]  # (n_t, 1, 1, L)
+            new = self.replace_cross(base, targets) * alpha + targets * (1 - alpha)
+        elif probs.shape[1] <= self.config.self_replace_max_tokens:
+            new = base.expand_as(targets)
+        else:
+            return probs
+        view = view.clone()  # never edit the tensor in place: autograd and the caller may hold it
+        view[first + 1:] = new
+        return view.view_as(probs)
+
+    def blend_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(n_prompts, 1, h, w) boolean mask of the edited region from this step's cross-attention."""
+        cfg = self.config.blend
+        if cfg.mask is not None:
+            return (cfg.mask.to(x.device) > 0.5).expand(x.shape[0], 1, *x.shape[2:])
+        maps = [m for (place, kind), ms in self.step_maps.items() if kind == "cross" for m in ms]
+        if not maps:
+            raise RuntimeError("local blend found no cross-attention maps for this step")
+
+        def region(tokens: torch.Tensor) -> torch.Tensor:
+            layers = []
+            for m in maps:  # (n, Q, L)
+                side = int(round(m.shape[1] ** 0.5))
+                word_map = (m * tokens.to(m)[:, None, :]).sum(-1).view(-1, 1, side, side)
+                layers.append(F.interpolate(word_map, size=x.shape[2:], mode="bilinear", align_corners=False))
+            out = torch.stack(layers).mean(0)  # (n, 1, h, w)
+            k = cfg.pool
+            out = F.max_pool2d(out, 2 * k + 1, stride=1, padding=k)
+            return out / out.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
+
+        mask = region(self.blend_tokens) > cfg.threshold
+        if self.subtract_tokens is not None:
+            mask &= ~(region(self.subtract_tokens) > cfg.threshold)
+        return mask[:1] | mask  # the union of the source's and each target's region
+
+    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        if self.blend_start is not None and step >= self.blend_start:
+            mask = self.blend_mask(x).to(x.dtype)
+            x = x[:1] + mask * (x - x[:1])  # outside the mask every row takes the source latent
+        return super().after_step(step, x)

@@ -1,0 +1,284 @@
+"""Loading a Stable-Diffusion-shaped model: a diffusers folder, a single checkpoint file, a hub id already
+in the local cache, or the embedded default. Nothing is downloaded.
+
+`Model` bundles the components with the few operations every method needs (text and image encoding, one
+UNet call). Model constants are read from the component configs, never hard-coded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from editing.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOKENIZER_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
+# The trained default model lives here once the toyworld trainer has written it.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "toyworld" / "model"
+DEFAULT_NAMES = ("default", "toyworld")
+TINY_RANDOM_NAME = "tiny-random"
+# Output-layer scale of the seeded random model: small noise predictions keep DDIM inversion meaningful
+# (a random UNet's raw predictions are O(1) and would throw the latents far off the data manifold).
+TINY_RANDOM_OUTPUT_SCALE = 0.05
+# Values per tensor that enter the model fingerprint besides its shape and sum (hashing gigabytes of
+# weights on every run would cost seconds; these catch any real difference between checkpoints).
+FINGERPRINT_SAMPLE = 256
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device.type == "cpu":
+        raise UserError("fp16 is not supported on the CPU; use --dtype bf16 or fp32")
+    return DTYPES[dtype]
+
+
+@dataclass
+class Model:
+    """The components of a Stable Diffusion model, placed on one device.
+
+    The UNet runs in `dtype`; the VAE and the text encoder stay in fp32 (precision-sensitive, cheap).
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object  # a DDIMScheduler: only its alphas and timesteps are used
+    name: str
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        size = self.unet.config.sample_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        return int(size) * self.vae_scale_factor
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the configs and weights: tells two checkpoints apart, independent of the path."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for module in (self.unet, self.vae, self.text_encoder):
+                config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+                h.update(json.dumps(config, sort_keys=True, default=str).encode())
+                for name, tensor in module.state_dict().items():
+                    flat = tensor.detach().reshape(-1)
+                    h.update(name.encode() + str(tuple(tensor.shape)).encode())
+                    h.update(flat[:FINGERPRINT_SAMPLE].float().cpu().numpy().tobytes())
+                    h.update(np.float64(flat.double().sum().item()).tobytes())
+            h.update(json.dumps(dict(self.scheduler.config), sort_keys=True, default=str).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids (B, max_tokens). A prompt longer than the encoder takes is an error, never truncated."""
+        for prompt in prompts:
+            n = len(self.tokenizer(prompt, truncation=False).input_ids)
+            if n > self.max_tokens:
+                raise UserError(f"prompt has {n} tokens, the text encoder takes at most {self.max_tokens} "
+                                f"(start and end tokens included); shorten it: {prompt[:60]!r}...")
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
+                             truncation=True, return_tensors="pt").input_ids
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text-encoder output (B, max_tokens, dim), fp32."""
+        return self.text_encoder(self.tokenize(prompts))[0].float()
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (B, H, W, 3) -> scaled latents (B, C, H/f, W/f), fp32 (the posterior mean, as NTI does)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
+        return self.vae.encode(x).latent_dist.mean * self.latent_scale
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents (B, C, h, w) -> uint8 RGB (B, H, W, 3)."""
+        x = self.vae.decode(latents.float() / self.latent_scale).sample
+        x = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+
+    def unet_output(self, x: torch.Tensor, t: int, cond: torch.Tensor,
+                    attention_kwargs: dict | None = None) -> torch.Tensor:
+        """One UNet call in the model's dtype; the output (epsilon or v) comes back in fp32."""
+        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
+                        cross_attention_kwargs=attention_kwargs).sample
+        return out.float()
+
+
+def ddim_scheduler(config: dict | None = None):
+    """A DDIM scheduler with the model's noise schedule, as the null-text inversion reference sets it up:
+    no sample clipping, and alpha_0 = alphas_cumprod[0] (set_alpha_to_one=False)."""
+    from diffusers import DDIMScheduler
+
+    if config is None:  # Stable Diffusion's schedule
+        config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      num_train_timesteps=1000, steps_offset=1)
+    return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+
+
+def build_tiny_model(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 16,
+                     output_scale: float = TINY_RANDOM_OUTPUT_SCALE):
+    """A seeded, randomly initialised, SD-shaped model small enough for a CPU test (64 px, 16x16 latents).
+
+    Returns (unet, vae, text_encoder, tokenizer, scheduler). Its pictures mean nothing; it exercises the code.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16), sample_size=sample_size * 4)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(output_scale)
+        unet.conv_out.bias.mul_(output_scale)
+    scheduler = ddim_scheduler()
+    scheduler.register_to_config(prediction_type=prediction_type)
+    return unet, vae, text_encoder, tokenizer, scheduler
+
+
+def _place(components, name, device, dtype) -> Model:
+    unet, vae, text_encoder, tokenizer, scheduler = components
+    unet = unet.to(device).eval().requires_grad_(False)
+    if unet.dtype != dtype:
+        unet = unet.to(dtype)
+    vae = vae.to(device).float().eval().requires_grad_(False)
+    text_encoder = text_encoder.to(device).float().eval().requires_grad_(False)
+    return Model(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype)
+
+
+def _from_pipeline(pipe, name, device, dtype) -> Model:
+    scheduler = ddim_scheduler(dict(pipe.scheduler.config))
+    return _place((pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler), name, device, dtype)
+
+
+def _hub_cache_dir() -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return str(HF_HUB_CACHE)
+
+
+def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtype: str = "fp32") -> Model:
+    """Load a model for editing.
+
+    spec: None or "default" -> the embedded default (the trained toyworld model when present, otherwise a
+    seeded tiny random model); "tiny-random"; a diffusers folder; a .safetensors/.ckpt file; a hub id that
+    is already in the local Hugging Face cache. Never downloads.
+    """
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    spec = None if spec is None else str(spec)
+    if spec is None or spec in DEFAULT_NAMES:
+        if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+            return _load_folder(DEFAULT_MODEL_DIR, "default", dev, torch_dtype)
+        return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
+    if spec == TINY_RANDOM_NAME:
+        return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"{path} is a folder but not a diffusers model (no model_index.json in it)")
+        return _load_folder(path, str(path), dev, torch_dtype)
+    if path.suffix in (".safetensors", ".ckpt"):
+        if not path.is_file():
+            raise UserError(f"model file not found: {path}")
+        return _load_single_file(path, dev, torch_dtype)
+    if path.exists():
+        raise UserError(f"{path} is not a model: give a diffusers folder, a .safetensors or .ckpt file")
+    return _load_cached_hub_id(spec, dev, torch_dtype)
+
+
+def _load_folder(path: Path, name: str, device, dtype) -> Model:
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the diffusers model in {path}: {str(exc).splitlines()[0]}") from exc
+    return _from_pipeline(pipe, name, device, dtype)
+
+
+def _load_single_file(path: Path, device, dtype) -> Model:
+    """A single SD checkpoint. diffusers reads .safetensors with safetensors and .ckpt with
+    torch.load(weights_only=True), so no pickled code from the file is ever run."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), safety_checker=None, requires_safety_checker=False, local_files_only=True)
+    except Exception as exc:  # diffusers raises many kinds here; all mean "this file is not usable"
+        raise UserError(f"cannot load the checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                        " (single files need the model's configs in the local Hugging Face cache;"
+                        " a diffusers folder needs nothing else)") from exc
+    return _from_pipeline(pipe, str(path), device, dtype)
+
+
+def _load_cached_hub_id(spec: str, device, dtype) -> Model:
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            spec, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            local_files_only=True)
+    except Exception as exc:  # not in the cache, or not a valid id
+        raise UserError(f"model {spec!r} not found: it is not a folder or file here, and not a hub id in the "
+                        f"local cache {_hub_cache_dir()} (nothing is downloaded)") from exc
+    return _from_pipeline(pipe, spec, device, dtype)

@@ -1,0 +1,87 @@
+"""The sampling loop: the one function every generation, reconstruction and edit goes through.
+
+Per step i it takes a conditional embedding c_i and an unconditional embedding u_i for every batch row
+(null-text inversion gives u_i per step, interpolation methods give c_i per step), combines them by
+classifier-free guidance, moves the latent one DDIM step, adds an optional per-step latent offset
+(DirectInversion), and lets an optional attention controller (Prompt-to-Prompt) act inside the UNet and
+on the new latent (local blend).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from inversion.ddim import DDIMSchedule, sampling_step
+
+Embeddings = torch.Tensor | Sequence[torch.Tensor]  # (B, L, D) for every step, or one (B, L, D) per step
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning of a batch along the trajectory: cond and uncond, each constant or per step."""
+
+    cond: Embeddings
+    uncond: Embeddings
+
+    def at(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = lambda e: e if isinstance(e, torch.Tensor) else e[i]  # noqa: E731
+        return pick(self.cond), pick(self.uncond)
+
+
+def guided_output(model, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor,
+                  guidance: float, attention_kwargs: dict | None = None) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans): out_u + w (out_c - out_u), both halves in one UNet call.
+
+    The UNet batch is [uncond rows; cond rows]: attention controllers rely on that layout.
+    """
+    out = model.unet_output(torch.cat([x, x]), t, torch.cat([uncond, cond]), attention_kwargs)
+    out_u, out_c = out.chunk(2)
+    return out_u + guidance * (out_c - out_u)
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    from editing.errors import NonFiniteError
+
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(f"{what} became NaN or infinite (in fp16 this is usually an overflow: "
+                             f"try --dtype bf16 or fp32)")
+
+
+@torch.no_grad()
+def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMSchedule,
+           guidance: float, *, offsets: Sequence[torch.Tensor] | None = None, controller=None,
+           callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+           return_trajectory: bool = False, disable: bool = False, desc: str = "sampling"):
+    """Run DDIM sampling from x_T (B, C, h, w) and return x_0 (and the trajectory [x_T, ..., x_0]).
+
+    offsets[i] (broadcastable to x) is added after step i. controller: a Prompt-to-Prompt controller whose
+    attention processors are installed for the duration of the loop; it receives the step index
+    explicitly and may replace the latent after each step (local blend). callback(i, x) may return a
+    replacement latent.
+    """
+    from attention.processors import attention_control  # local: the loop itself does not need attention
+
+    x = x_T
+    trajectory = [x] if return_trajectory else None
+    scope = attention_control(model.unet, controller) if controller is not None else nullcontext()
+    with scope:
+        for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=disable, leave=False)):
+            cond, uncond = conditioning.at(i)
+            kwargs = {"step": i} if controller is not None else None
+            out = guided_output(model, x, t, cond, uncond, guidance, kwargs)
+            x = sampling_step(schedule, out, t, x)
+            if offsets is not None:
+                x = x + offsets[i]
+            if controller is not None:
+                x = controller.after_step(i, x)
+            if callback is not None:
+                replaced = callback(i, x)
+                x = x if replaced is None else replaced
+            check_finite(x, f"the latent at sampling step {i}")
+            if return_trajectory:
+                trajectory.append(x)
+    return (x, trajectory) if return_trajectory else x

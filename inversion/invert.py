@@ -1,0 +1,113 @@
+"""Invert photos with one of four methods and reconstruct them, all through the shared primitives.
+
+- ddim: plain DDIM inversion; reconstruction with guidance drifts (the baseline).
+- null-text: DDIM inversion as the pivot, then per-step null embeddings (Mokady et al.).
+- negative-prompt: u_i = the source prompt's embedding, no optimisation (Miyake et al., "Negative-prompt
+  Inversion"): guidance then cancels for the source branch, which follows the inversion closely.
+- direct: per-step latent offsets that pin the source branch to the trajectory (Ju et al.).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from editing.errors import UserError
+from editing.sampling import Conditioning, sample
+from inversion.ddim import DDIMSchedule, ddim_inversion
+from inversion.direct import direct_offsets
+from inversion.null_text import NullTextConfig, optimise_nulls
+from inversion.record import METHODS, Inversion, fingerprint_parts
+
+DEFAULT_STEPS = 50  # the reference's NUM_DDIM_STEPS
+DEFAULT_GUIDANCE = 7.5  # the reference's GUIDANCE_SCALE
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    method: str = "null-text"
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    null_text: NullTextConfig = field(default_factory=NullTextConfig)
+    keep_trajectory: bool = False  # store x_0..x_T in the record (needed by null-text fine-tuning)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"unknown inversion method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.steps < 1:
+            raise UserError(f"steps must be at least 1, got {self.steps}")
+
+    def params(self) -> dict:
+        params = {"steps": self.steps, "guidance": self.guidance}
+        if self.method == "null-text":
+            params["null_text"] = self.null_text.to_dict()
+        return params
+
+
+def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfig = InversionConfig(),
+           disable: bool = False) -> list[Inversion]:
+    """Invert a batch of preprocessed photos (B, H, W, 3) uint8, each with its own source prompt."""
+    if len(images) != len(prompts):
+        raise UserError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
+    start = time.perf_counter()
+    schedule = DDIMSchedule.from_scheduler(model.scheduler, config.steps)
+    cond = model.encode_prompts(prompts)  # (B, L, D)
+    empty = model.encode_prompts([""]).expand_as(cond)  # (B, L, D)
+    x0 = model.encode_images(images)  # (B, C, h, w)
+    trajectory = ddim_inversion(model.unet_output, x0, cond, schedule, disable=disable)
+    nulls = offsets = None
+    if config.method == "null-text":
+        nulls = torch.stack(optimise_nulls(model, trajectory, cond, empty, schedule, config.guidance,
+                                           config.null_text, disable=disable), 1)  # (B, steps, L, D)
+    elif config.method == "direct":
+        offsets = torch.stack(direct_offsets(model, trajectory, cond, empty, schedule, config.guidance), 1)
+    elapsed = time.perf_counter() - start
+    stacked = torch.stack(trajectory, 1)  # (B, steps + 1, C, h, w)
+    return [
+        Inversion(method=config.method, prompt=prompts[b], x_T=trajectory[-1][b], params=config.params(),
+                  parts=fingerprint_parts(images[b], prompts[b], model.fingerprint, config.method,
+                                          config.params()),
+                  nulls=None if nulls is None else nulls[b], offsets=None if offsets is None else offsets[b],
+                  trajectory=stacked[b] if config.keep_trajectory else None,
+                  timings_s={"inversion": elapsed / len(images)})
+        for b in range(len(images))
+    ]
+
+
+def source_conditioning(model, records: list[Inversion]) -> tuple[Conditioning, DDIMSchedule]:
+    """The conditioning that reproduces each record's photo, one row per record."""
+    steps = {r.steps for r in records}
+    if len(steps) != 1:
+        raise UserError(f"records with different step counts {sorted(steps)} cannot be sampled together")
+    schedule = DDIMSchedule.from_scheduler(model.scheduler, steps.pop())
+    sources = model.encode_prompts([r.prompt for r in records])
+    empty = model.encode_prompts([""])
+    per_row = [r.uncond_schedule(sources[b:b + 1], empty) for b, r in enumerate(records)]
+    uncond = [torch.cat([u if isinstance(u, torch.Tensor) else u[i] for u in per_row])
+              for i in range(len(schedule.timesteps))]
+    return Conditioning(cond=sources, uncond=uncond), schedule
+
+
+def reconstruct(model, records: list[Inversion], disable: bool = False) -> np.ndarray:
+    """Sample each record back to an image (B, H, W, 3) uint8."""
+    conditioning, schedule = source_conditioning(model, records)
+    x_T = torch.stack([r.x_T for r in records]).to(model.device)
+    offsets = None
+    if any(r.offsets is not None for r in records):
+        zeros = torch.zeros_like(x_T[0])
+        offsets = [torch.stack([r.offsets[i].to(model.device) if r.offsets is not None else zeros
+                                for r in records]) for i in range(len(schedule.timesteps))]
+    guidance = {r.guidance for r in records}
+    if len(guidance) != 1:
+        raise UserError("records with different guidance scales cannot be reconstructed together")
+    x0 = sample(model, x_T, conditioning, schedule, guidance.pop(), offsets=offsets, disable=disable,
+                desc="reconstruction")
+    return model.decode_latents(x0)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))

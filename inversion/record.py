@@ -1,0 +1,149 @@
+"""The Inversion record: what inverting one photo produced, saved as one safetensors file (no pickle).
+
+A record is tied to the exact image pixels, prompt, model, method and parameters by a fingerprint, so a
+stale cache can never be reused by accident: loading it for anything else is an error naming what differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from editing.errors import UserError
+
+METHODS = ("null-text", "negative-prompt", "direct", "ddim")
+FORMAT_VERSION = 1
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def image_digest(image: np.ndarray) -> str:
+    """Hash of the preprocessed pixels (uint8 H, W, 3) with their shape."""
+    return _digest(str(image.shape).encode() + np.ascontiguousarray(image).tobytes())
+
+
+def fingerprint_parts(image: np.ndarray, prompt: str, model_fingerprint: str, method: str,
+                      params: dict) -> dict[str, str]:
+    return {
+        "image": image_digest(image),
+        "prompt": _digest(prompt.encode()),
+        "model": model_fingerprint,
+        "method": method,
+        "params": _digest(json.dumps(params, sort_keys=True).encode()),
+    }
+
+
+def combine(parts: dict[str, str]) -> str:
+    return _digest(json.dumps(parts, sort_keys=True).encode())
+
+
+@dataclass
+class Inversion:
+    """One inverted image. Tensors are per image (no batch dimension), on the CPU or the model's device."""
+
+    method: str
+    prompt: str
+    x_T: torch.Tensor  # (C, h, w) the start latent of sampling
+    params: dict  # steps, guidance and the method's own settings
+    parts: dict[str, str]  # fingerprint components: image, prompt, model, method, params
+    nulls: torch.Tensor | None = None  # (steps, L, D) null-text inversion's u_i
+    offsets: torch.Tensor | None = None  # (steps, C, h, w) DirectInversion's per-step corrections
+    trajectory: torch.Tensor | None = None  # (steps + 1, C, h, w) x_0 .. x_T, on request
+    timings_s: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return combine(self.parts)
+
+    @property
+    def steps(self) -> int:
+        return int(self.params["steps"])
+
+    @property
+    def guidance(self) -> float:
+        return float(self.params["guidance"])
+
+    def uncond_schedule(self, source_embedding: torch.Tensor, empty_embedding: torch.Tensor):
+        """The unconditional embedding (1, L, D) per sampling step that reproduces the image.
+
+        null-text: the learned u_i; negative-prompt: the source prompt's embedding (Miyake et al.);
+        direct and ddim: the empty prompt's embedding.
+        """
+        if self.method == "null-text":
+            return [u[None].to(source_embedding.device) for u in self.nulls]
+        if self.method == "negative-prompt":
+            return source_embedding
+        return empty_embedding
+
+    def offset_schedule(self, batch: int, device) -> list[torch.Tensor] | None:
+        """Per-step offsets for a batch whose row 0 is the source branch (the only row corrected)."""
+        if self.offsets is None:
+            return None
+        out = []
+        for offset in self.offsets.to(device):
+            full = torch.zeros((batch, *offset.shape), dtype=offset.dtype, device=device)
+            full[0] = offset
+            out.append(full)
+        return out
+
+    def verify(self, image: np.ndarray, prompt: str, model_fingerprint: str) -> None:
+        """Refuse a record made for another image, prompt or model (a clear error naming what differs)."""
+        expected = {"image": image_digest(image), "prompt": _digest(prompt.encode()), "model": model_fingerprint}
+        wrong = [k for k, v in expected.items() if self.parts.get(k) != v]
+        if wrong:
+            raise UserError(f"the inversion file was made for a different {' and '.join(wrong)} "
+                            f"(method {self.method}, prompt {self.prompt!r}); invert again or pass the "
+                            f"matching {'/'.join(wrong)}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"x_T": self.x_T}
+        for name in ("nulls", "offsets", "trajectory"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        meta = {"format": str(FORMAT_VERSION), "method": self.method, "prompt": self.prompt,
+                "params": json.dumps(self.params), "parts": json.dumps(self.parts),
+                "timings_s": json.dumps(self.timings_s), "fingerprint": self.fingerprint}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Inversion":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"inversion file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise UserError(f"{path} is not a readable inversion file (safetensors): {exc}") from exc
+        if meta.get("format") != str(FORMAT_VERSION) or "x_T" not in tensors:
+            raise UserError(f"{path} is not an inversion file of this toolkit (format {meta.get('format')})")
+        record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
+                     params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
+                     nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
+                     trajectory=tensors.get("trajectory"), timings_s=json.loads(meta.get("timings_s", "{}")))
+        if record.fingerprint != meta.get("fingerprint"):
+            raise UserError(f"{path} is damaged: its fingerprint does not match its contents")
+        return record

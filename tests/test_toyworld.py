@@ -1,0 +1,252 @@
+"""Tests for the toy world (renderer, captions, edited twins) and its checker."""
+
+import json
+
+import numpy as np
+import pytest
+
+from toyworld import checker, world
+from toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    Scene,
+    Shape,
+    caption,
+    dataset,
+    edit_scene,
+    parse_caption,
+    random_edit,
+    random_scene,
+    render,
+    shape_coverage,
+)
+
+
+def _scenes(seed, n, **kw):
+    rng = np.random.default_rng(seed)
+    return [random_scene(rng, **kw) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- world ---
+
+def test_palette_is_well_separated():
+    cols = np.array(list(COLOURS.values()), float)
+    d = np.linalg.norm(cols[:, None] - cols[None], axis=-1)
+    assert len(COLOURS) >= 6
+    assert d[~np.eye(len(cols), dtype=bool)].min() > 75
+    assert set(SHAPES) == {"circle", "square", "triangle"}
+    assert set(world.TEXTURES) <= set(BACKGROUNDS)
+    assert set(world.PLAIN_BACKGROUNDS) <= set(BACKGROUNDS)
+    assert world.TEXTURES
+    # Every shape colour is far from every background model it may sit on.
+    for bg, phrase in BACKGROUNDS.items():
+        assert phrase
+        a, b = world.TEXTURES.get(bg, (world.PLAIN_BACKGROUNDS.get(bg),) * 2)
+        for name, c in COLOURS.items():
+            if name == bg:
+                continue
+            dist, _ = checker._segment_distance(np.array(c, np.float32),
+                                                np.array(a, np.float32), np.array(b, np.float32))
+            assert float(dist) > 75, (name, bg)
+
+
+def test_dataset_is_deterministic():
+    a = dataset(7, 12, two_shapes_prob=0.5)
+    b = dataset(7, 12, two_shapes_prob=0.5)
+    c = dataset(8, 12, two_shapes_prob=0.5)
+    for (sa, ia, ca), (sb, ib, cb) in zip(a, b):
+        assert sa == sb and ca == cb
+        assert ia.tobytes() == ib.tobytes()
+    assert any(ia.tobytes() != ic.tobytes() for (_, ia, _), (_, ic, _) in zip(a, c))
+    assert [s for s, _, _ in a] != [s for s, _, _ in c]
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_render_sizes_and_antialiasing(size):
+    sc = Scene((Shape("circle", "red", 14.0, 30.3, 33.7),), "gray")
+    img = render(sc, size)
+    assert img.shape == (size, size, 3) and img.dtype == np.uint8
+    assert render(sc, size).tobytes() == img.tobytes()
+    values = {tuple(p) for p in img.reshape(-1, 3)}
+    assert (128, 128, 128) in values and COLOURS["red"] in values
+    assert len(values) > 2  # antialiased edge pixels
+    cov = shape_coverage(sc, 0, size)
+    assert abs(cov.sum() / size**2 * 64**2 - sc.shapes[0].area) < 0.01 * sc.shapes[0].area
+
+
+def test_render_resolution_consistent():
+    import cv2
+
+    for sc in _scenes(3, 6, two_shapes_prob=0.5):
+        small = render(sc, 64).astype(int)
+        big = cv2.resize(render(sc, 256), (64, 64), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(small - big).mean() < 1.0
+
+
+def test_scene_geometry_and_validation():
+    for sc in _scenes(11, 300, two_shapes_prob=0.5):
+        assert sc.background in BACKGROUNDS
+        for i, sh in enumerate(sc.shapes):
+            assert sh.colour != sc.background
+            cov = shape_coverage(sc, i, 64)
+            assert cov.sum() > 50
+            # Inside the image, with a clear border ring.
+            assert cov[:2].max() == 0 and cov[-2:].max() == 0
+            assert cov[:, :2].max() == 0 and cov[:, -2:].max() == 0
+            # Any kind at this size/position fits too (kind edits stay inside).
+            assert world.MARGIN <= sh.x - sh.extent and sh.x + sh.extent <= 64 - world.MARGIN
+            assert world.MARGIN <= sh.y - sh.extent and sh.y + sh.extent <= 64 - world.MARGIN
+        if len(sc.shapes) == 2:
+            a, b = (shape_coverage(sc, i, 64) for i in (0, 1))
+            assert (a * b).max() == 0  # no overlap
+            assert sc.shapes[0].colour != sc.shapes[1].colour
+            areas = sorted(s.area for s in sc.shapes)
+            assert areas[1] >= world.MAIN_AREA_RATIO * areas[0]
+    with pytest.raises(ValueError):
+        Scene((Shape("circle", "white", 10, 32, 32),), "white")
+    with pytest.raises(ValueError):
+        Shape("hexagon", "red", 10, 32, 32)
+    with pytest.raises(ValueError):
+        Scene((), "plaid")
+
+
+def test_serialisation_roundtrip():
+    for sc in _scenes(5, 20, two_shapes_prob=0.5):
+        d = json.loads(json.dumps(sc.to_dict()))
+        assert Scene.from_dict(d) == sc
+        assert Shape.from_dict(sc.shapes[0].to_dict()) == sc.shapes[0]
+
+
+def test_captions():
+    sc = Scene((Shape("circle", "red", 12, 32, 32),), "blue" if "blue" in BACKGROUNDS else "gray")
+    assert caption(sc) == f"a red circle on a {BACKGROUNDS[sc.background]} background"
+    assert caption(Scene((Shape("triangle", "green", 12, 32, 32),), "stripes")) == \
+        "a green triangle on a striped background"
+    two = Scene((Shape("circle", "orange", 9, 16, 16), Shape("square", "blue", 8, 48, 48)),
+                "checkerboard")
+    assert caption(two) == "an orange circle and a blue square on a checkered background"
+    for sc in _scenes(9, 200, two_shapes_prob=0.5):
+        parsed = parse_caption(caption(sc))
+        assert parsed["background"] == sc.background
+        assert parsed["shapes"] == [(s.colour, s.kind) for s in sc.shapes]
+
+
+# ------------------------------------------------------------- twins ---
+
+def test_edited_twins_change_only_the_edited_attribute():
+    rng = np.random.default_rng(21)
+    seen = set()
+    for sc in _scenes(13, 150, two_shapes_prob=0.3):
+        idx = sc.main_index
+        attr, value = random_edit(rng, sc, index=idx)
+        seen.add(attr)
+        ed = edit_scene(sc, attr, value, index=idx)
+        # Same layout.
+        assert [(s.x, s.y, s.size) for s in ed.shapes] == [(s.x, s.y, s.size) for s in sc.shapes]
+        a, b = render(sc), render(ed)
+        cov = shape_coverage(sc, idx)
+        if attr == "colour":
+            assert value != sc.shapes[idx].colour and value != sc.background
+            assert ed.shapes[idx].colour == value and ed.shapes[idx].kind == sc.shapes[idx].kind
+            assert ed.background == sc.background
+            assert np.array_equal(a[cov == 0], b[cov == 0])
+            assert not np.array_equal(a[cov == 1], b[cov == 1])
+        elif attr == "background":
+            assert value != sc.background and value not in {s.colour for s in sc.shapes}
+            assert ed.shapes == sc.shapes
+            covs = sum(shape_coverage(sc, i) for i in range(len(sc.shapes)))
+            assert np.array_equal(a[covs == 1], b[covs == 1])
+            assert not np.array_equal(a[covs == 0], b[covs == 0])
+        else:
+            assert value != sc.shapes[idx].kind and value in SHAPES
+            assert ed.shapes[idx].colour == sc.shapes[idx].colour
+            union = np.maximum(cov, shape_coverage(ed, idx))
+            assert np.array_equal(a[union == 0], b[union == 0])
+            assert not np.array_equal(a, b)
+        for i, s in enumerate(sc.shapes):  # untouched shapes stay identical
+            if i != idx:
+                assert ed.shapes[i] == s
+    assert seen == {"colour", "shape", "background"}
+    with pytest.raises(ValueError):
+        edit_scene(Scene((Shape("circle", "white", 10, 32, 32),), "gray"), "background", "white")
+    with pytest.raises(ValueError):
+        edit_scene(Scene((Shape("circle", "red", 10, 32, 32),), "white"), "colour", "white")
+    with pytest.raises(ValueError):
+        edit_scene(Scene((Shape("circle", "red", 10, 32, 32),), "gray"), "size", "big")
+
+
+def test_edit_pairs_deterministic():
+    a = world.edit_pairs(4, 5)
+    b = world.edit_pairs(4, 5)
+    for x, y in zip(a, b):
+        assert x["edited_scene"] == y["edited_scene"]
+        assert x["edited_image"].tobytes() == y["edited_image"].tobytes()
+        assert x["edited_caption"] == caption(x["edited_scene"])
+
+
+# ----------------------------------------------------------- checker ---
+
+ATTRS = ("background", "colour", "shape")
+
+
+def _accuracy_figures(n=500, seed=2024):
+    data = dataset(seed, n)
+    scenes = [sc for sc, _, _ in data]
+    rng = np.random.default_rng(seed + 1)
+    clean = checker.accuracy([img for _, img, _ in data], scenes)
+    noisy = checker.accuracy([checker.degrade(img, rng, noise=8.0, blur=0.7)
+                              for _, img, _ in data], scenes)
+    return clean, noisy
+
+
+def test_checker_accuracy_clean_and_noisy():
+    clean, noisy = _accuracy_figures()
+    print("\nchecker accuracy, 500 single-shape 64 px scenes")
+    print("  clean:             " + "  ".join(f"{k}={clean[k]:.3f}" for k in ATTRS))
+    print("  blur 0.7 + noise 8: " + "  ".join(f"{k}={noisy[k]:.3f}" for k in ATTRS))
+    for k in ATTRS:
+        assert clean[k] >= 0.98, (k, clean)
+        assert noisy[k] >= 0.95, (k, noisy)
+
+
+def test_checker_two_shapes_and_other_sizes():
+    data = dataset(31, 60, two_shapes_prob=1.0)
+    hits = 0
+    for sc, img, _ in data:
+        r = checker.read_scene(img)
+        hits += sorted((s["colour"], s["shape"]) for s in r["shapes"]) == \
+            sorted((s.colour, s.kind) for s in sc.shapes)
+        assert all(checker.check(r, sc).values())
+    assert hits >= 57
+    for size in (128, 256):
+        for sc, img, _ in dataset(32, 8, size=size):
+            assert all(checker.check(img, sc).values())
+
+
+def test_checker_unreadable_and_inputs():
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    r = checker.read_scene(blank)
+    assert r["background"] == "gray" and r["colour"] is None and r["shape"] is None
+    assert r["shapes"] == []
+    sc = Scene((Shape("square", "yellow", 13, 30, 34),), "checkerboard")
+    img = render(sc)
+    assert checker.check(img.astype(np.float32) / 255.0, sc) == \
+        {"background": True, "colour": True, "shape": True}
+    assert checker.check(img, {"colour": "red"}) == {"colour": False}
+    acc = checker.accuracy([img, blank], [sc, sc])
+    assert acc["background"] == 0.5 and acc["shape"] == 0.5 and acc["n"] == 2
+    with pytest.raises(ValueError):
+        checker.read_scene(np.zeros((64, 64), np.uint8))
+
+
+def test_checker_sees_edits():
+    rng = np.random.default_rng(3)
+    for sc in _scenes(17, 40):
+        attr, value = random_edit(rng, sc)
+        ed = edit_scene(sc, attr, value)
+        res_src = checker.check(render(ed), sc)
+        res_ed = checker.check(render(ed), ed)
+        assert all(res_ed.values())
+        assert res_src[{"colour": "colour", "shape": "shape", "background": "background"}[attr]] \
+            is False
