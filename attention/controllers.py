@@ -108,14 +108,13 @@ def cross_replace_alphas(source: str, targets: list[str], tokenizer, steps: int,
 
 @dataclass
 class BlendConfig:
-    """Local blending: keep the source latent outside the region of the given words (or a user mask)."""
+    """Local blending: keep the source latent outside the region of the given words (or of a user mask)."""
 
-    source_words: list[str] = field(default_factory=list)
-    target_words: list[str] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)  # each marks its tokens in every prompt that has it
     threshold: float = 0.3  # the reference's th=(.3, .3) on the max-normalised word attention
     start: float = 0.2  # no blending in the first 20 % of the steps (the reference's start_blend)
     subtract_words: list[str] = field(default_factory=list)  # their region is removed from the mask
-    mask: torch.Tensor | None = None  # (h, w) in [0, 1], a user mask at latent size; replaces the words
+    mask: torch.Tensor | None = None  # (h, w) in [0, 1] at latent size: a user mask instead of the words
     pool: int = 1  # max-pool radius that grows the mask a little (the reference's k = 1)
 
 
@@ -127,6 +126,23 @@ class P2PConfig:
     reweight: dict[str, float] = field(default_factory=dict)  # target word -> attention scale
     blend: BlendConfig | None = None
     self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS
+
+
+def word_marks(prompts: list[str], words: list[str], tokenizer) -> torch.Tensor:
+    """(n_prompts, L) 0/1: the tokens of each word in every prompt that contains it.
+
+    A word found in none of the prompts is an error naming it."""
+    marks = torch.zeros(len(prompts), tokenizer.model_max_length)
+    for word in words:
+        found = False
+        for row, prompt in enumerate(prompts):
+            if alignment.normalize_word(word) in map(alignment.normalize_word, alignment.words_of(prompt)):
+                marks[row, alignment.word_token_indices(prompt, word, tokenizer)] = 1.0
+                found = True
+        if not found:
+            raise UserError(f"the word {word!r} is in none of the prompts {prompts}; "
+                            "blend words must appear in the source or a target prompt")
+    return marks
 
 
 def resolve_edit(source: str, targets: list[str], edit: str) -> str:
@@ -157,26 +173,11 @@ class PromptToPrompt(AttentionStore):
         self.self_window = step_window(config.self_replace, steps)
         self.blend_start = None
         if config.blend is not None:
+            prompts = [source, *targets]
             self.blend_start = int(config.blend.start * steps)
-            self.blend_tokens = self._blend_tokens(source, targets, tokenizer, config.blend.source_words,
-                                                   config.blend.target_words)
-            self.subtract_tokens = None
-            if config.blend.subtract_words:
-                self.subtract_tokens = self._blend_tokens(source, targets, tokenizer, config.blend.subtract_words,
-                                                          config.blend.subtract_words, required=False)
-
-    @staticmethod
-    def _blend_tokens(source, targets, tokenizer, source_words, target_words, required=True) -> torch.Tensor:
-        """(n_prompts, L) 0/1: which tokens of each prompt make up the blended region."""
-        prompts_words = [(source, source_words)] + [(t, target_words) for t in targets]
-        marks = torch.zeros(len(prompts_words), tokenizer.model_max_length)
-        for row, (prompt, words) in enumerate(prompts_words):
-            for word in words:
-                if not required and alignment.normalize_word(word) not in map(alignment.normalize_word,
-                                                                              alignment.words_of(prompt)):
-                    continue
-                marks[row, alignment.word_token_indices(prompt, word, tokenizer)] = 1.0
-        return marks
+            self.blend_tokens = word_marks(prompts, config.blend.words, tokenizer)
+            self.subtract_tokens = (word_marks(prompts, config.blend.subtract_words, tokenizer)
+                                    if config.blend.subtract_words else None)
 
     def wants(self, is_cross: bool, queries: int, step: int) -> bool:
         if is_cross:

@@ -101,13 +101,13 @@ class Model:
             h = hashlib.sha256()
             for module in (self.unet, self.vae, self.text_encoder):
                 config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
-                h.update(json.dumps(config, sort_keys=True, default=str).encode())
+                h.update(json.dumps(_model_keys(config), sort_keys=True, default=str).encode())
                 for name, tensor in module.state_dict().items():
                     flat = tensor.detach().reshape(-1)
                     h.update(name.encode() + str(tuple(tensor.shape)).encode())
                     h.update(flat[:FINGERPRINT_SAMPLE].float().cpu().numpy().tobytes())
                     h.update(np.float64(flat.double().sum().item()).tobytes())
-            h.update(json.dumps(dict(self.scheduler.config), sort_keys=True, default=str).encode())
+            h.update(json.dumps(_model_keys(dict(self.scheduler.config)), sort_keys=True, default=str).encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -147,6 +147,13 @@ class Model:
         out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
                         cross_attention_kwargs=attention_kwargs).sample
         return out.float()
+
+
+def _model_keys(config: dict) -> dict:
+    """A config without its loader bookkeeping (keys with a leading underscore: _name_or_path is the path,
+    _use_default_values is listed in a hash-seed-dependent order, _diffusers_version and _class_name name
+    the writer), so the fingerprint is the same in every process and for every copy of the checkpoint."""
+    return {k: v for k, v in config.items() if not str(k).startswith("_")}
 
 
 def ddim_scheduler(config: dict | None = None):

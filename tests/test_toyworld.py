@@ -75,6 +75,16 @@ def test_render_sizes_and_antialiasing(size):
     assert abs(cov.sum() / size**2 * 64**2 - sc.shapes[0].area) < 0.01 * sc.shapes[0].area
 
 
+def test_windowed_render_matches_full_grid_reference():
+    for size in (64, 128):
+        for sc in _scenes(12, 20, two_shapes_prob=0.5):
+            X, Y = world._grid(size)
+            ref = world._background_ss(sc.background, X, Y)
+            for sh in sc.shapes:
+                ref[world._shape_mask_ss(sh, X, Y)] = COLOURS[sh.colour]
+            assert np.array_equal(render(sc, size), world._downsample(ref))
+
+
 def test_render_resolution_consistent():
     import cv2
 

@@ -16,11 +16,11 @@ images produced by a model.  Pipeline:
 4. Colour: nearest palette colour to the median of the component's eroded
    interior in the *unsmoothed* image.
 5. Kind: the component is re-thresholded at half its contrast (an unbiased,
-   sub-pixel-consistent outline) and described by two fill ratios -- area over
-   bounding-box area (square 1.0, circle 0.785, triangle 0.5) and area over
-   minimum-enclosing-circle area (circle 1.0, square 0.64, triangle 0.41) --
-   and by the polygon vertex count from ``cv2.approxPolyDP``; the nearest
-   prototype wins.
+   sub-pixel-consistent outline) and described by two rotation-invariant fill
+   ratios -- area over minimum-area-rectangle area (square 1.0, circle 0.785,
+   triangle 0.5) and area over minimum-enclosing-circle area (circle 1.0,
+   square 0.64, triangle 0.41) -- and by the polygon vertex count from
+   ``cv2.approxPolyDP``; the nearest prototype wins.
 
 Fields that cannot be read are ``None`` (e.g. no foreground blob -> colour and
 shape are ``None``).
@@ -61,7 +61,7 @@ MAX_AREA_FRACTION = 0.5  # larger blobs are a misread background, not a shape
 TEXTURE_TONE_MIN = 0.1  # each texture tone must cover >= 10 % of the border
 TEXTURE_PENALTY = 40.0
 
-# Kind prototypes: (bbox fill, enclosing-circle fill, vertices / 10).
+# Kind prototypes: (min-area-rect fill, enclosing-circle fill, vertices / 10).
 _KIND_PROTOTYPES = {
     "circle": np.array([np.pi / 4, 1.0, 0.8]),
     "square": np.array([1.0, 2 / np.pi, 0.4]),
@@ -131,18 +131,20 @@ def _kind(mask: np.ndarray) -> tuple[str | None, dict]:
     if not contours or area < 4:
         return None, {}
     cnt = max(contours, key=cv2.contourArea)
-    x, y, w, h = cv2.boundingRect(cnt)
+    # Minimum-area (rotated) rectangle of the pixel centres, grown by one pixel
+    # to cover the pixels themselves; rotation invariant, unlike the bbox.
+    (_, _), (w, h), _ = cv2.minAreaRect(cnt)
     _, r = cv2.minEnclosingCircle(cnt)
-    bbox_fill = area / float(w * h)
+    rect_fill = area / float((w + 1.0) * (h + 1.0))
     circle_fill = area / float(np.pi * (r + 0.5) ** 2)
     peri = cv2.arcLength(cnt, True)
     approx = cv2.approxPolyDP(cnt, 0.04 * peri, True)
     verts = min(len(approx), 8)
-    feats = np.array([bbox_fill, circle_fill, verts / 10.0])
+    feats = np.array([rect_fill, circle_fill, verts / 10.0])
     weights = np.array([1.0, 1.0, 0.5])
     dists = {k: float(np.sum(weights * (feats - p) ** 2)) for k, p in _KIND_PROTOTYPES.items()}
     kind = min(dists, key=dists.get)
-    return kind, {"bbox_fill": bbox_fill, "circle_fill": circle_fill, "vertices": int(len(approx))}
+    return kind, {"rect_fill": rect_fill, "circle_fill": circle_fill, "vertices": int(len(approx))}
 
 
 def read_scene(image: np.ndarray, max_shapes: int = 2) -> dict:

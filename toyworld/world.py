@@ -32,6 +32,7 @@ arithmetic, which gives antialiased edges while pixels entirely outside
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -328,9 +329,10 @@ def _background_ss(name: str, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.where(sel[..., None], a, b)
 
 
-def _downsample(img_ss: np.ndarray, size: int) -> np.ndarray:
+def _downsample(img_ss: np.ndarray) -> np.ndarray:
     f = SUPERSAMPLE
-    acc = img_ss.reshape(size, f, size, f, -1).astype(np.int32).sum(axis=(1, 3))
+    h, w = img_ss.shape[0] // f, img_ss.shape[1] // f
+    acc = img_ss.reshape(h, f, w, f, -1).astype(np.int32).sum(axis=(1, 3))
     return ((acc + (f * f) // 2) // (f * f)).astype(np.uint8)
 
 
@@ -340,25 +342,69 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
+@lru_cache(maxsize=32)
+def _background_cached(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(supersampled, downsampled) background; read-only, callers copy."""
+    X, Y = _grid(size)
+    ss = _background_ss(name, X, Y)
+    low = _downsample(ss)
+    ss.setflags(write=False)
+    low.setflags(write=False)
+    return ss, low
+
+
+def _window(shape: Shape, size: int) -> tuple[slice, slice]:
+    """Output-pixel window (rows, cols) that contains ``shape`` whatever its kind."""
+    scale = size / REFERENCE_SIZE
+    e = shape.extent
+
+    def rng(c: float) -> slice:
+        lo = max(0, int(np.floor((c - e) * scale)) - 1)
+        hi = min(size, int(np.ceil((c + e) * scale)) + 1)
+        return slice(lo, max(lo, hi))
+
+    return rng(shape.y), rng(shape.x)
+
+
+def _ss(sl: slice) -> slice:
+    return slice(sl.start * SUPERSAMPLE, sl.stop * SUPERSAMPLE)
+
+
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """Render ``scene`` to a ``(size, size, 3)`` uint8 RGB image (deterministic,
     antialiased)."""
     size = _check_size(size)
+    bg_ss, bg_low = _background_cached(scene.background, size)
+    if not scene.shapes:
+        return bg_low.copy()
+    canvas = bg_ss.copy()
+    out = bg_low.copy()
     X, Y = _grid(size)
-    img = _background_ss(scene.background, X, Y)
+    windows = []
     for shape in scene.shapes:
-        m = _shape_mask_ss(shape, X, Y)
-        img[m] = COLOURS[shape.colour]
-    return _downsample(img, size)
+        rows, cols = _window(shape, size)
+        rs, cs = _ss(rows), _ss(cols)
+        m = _shape_mask_ss(shape, X[:, cs], Y[rs, :])
+        canvas[rs, cs][m] = COLOURS[shape.colour]
+        windows.append((rows, cols))
+    for rows, cols in windows:  # after all shapes: windows may overlap
+        out[rows, cols] = _downsample(canvas[_ss(rows), _ss(cols)])
+    return out
 
 
 def shape_coverage(scene: Scene, index: int = 0, size: int = 64) -> np.ndarray:
     """Fraction (0..1, float32, ``(size, size)``) of each pixel covered by
     ``scene.shapes[index]`` (ignoring occlusion; shapes never overlap)."""
     size = _check_size(size)
+    shape = scene.shapes[index]
     X, Y = _grid(size)
-    m = _shape_mask_ss(scene.shapes[index], X, Y).astype(np.uint8)[..., None] * 255
-    return _downsample(m, size)[..., 0].astype(np.float32) / 255.0
+    rows, cols = _window(shape, size)
+    m = _shape_mask_ss(shape, X[:, _ss(cols)], Y[_ss(rows), :]).astype(np.int32)
+    f = SUPERSAMPLE
+    counts = m.reshape(m.shape[0] // f, f, m.shape[1] // f, f).sum(axis=(1, 3))
+    cov = np.zeros((size, size), np.float32)
+    cov[rows, cols] = counts / np.float32(f * f)
+    return cov
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""What every command-line tool of the toolkit shares: exit codes, one-line errors, YAML config files,
+atomic JSON output."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from editing.errors import UserError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (`error: ...`) and exit code 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse argv, reading defaults from the YAML file named by --config; flags given override the file.
+
+    The file may give required options, and a flag that can be repeated replaces the file's list."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    required = [a for a in parser._actions if a.required]
+    for action in required:  # the first pass only looks for --config: the file may give required options
+        action.required = False
+    try:
+        config = getattr(parser.parse_args(argv), "config", None)
+    finally:
+        for action in required:
+            action.required = True
+    if not config:
+        return parser.parse_args(argv)
+    path = Path(config)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must hold a mapping of option names to values")
+    known = {a.dest for a in parser._actions}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    lists = {}
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False  # the file gives it
+            if isinstance(action, argparse._AppendAction):  # flags must replace the list, not extend it
+                value = values.pop(action.dest)
+                lists[action.dest] = list(value) if isinstance(value, (list, tuple)) else [value]
+                action.default = None
+    parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    for dest, value in lists.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    return args
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a command: UserError -> exit 2, any other failure -> exit 1, each as one `error:` line
+    (the traceback only with --debug)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        return main(argv)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # a failure inside the run: report it in one line, not as a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE

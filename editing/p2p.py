@@ -1,0 +1,51 @@
+"""Prompt-to-Prompt editing of an inverted photo (Hertz et al.), on any of the four inversions.
+
+One batch: row 0 is the source prompt, rows 1.. the target prompts. Every row starts from the record's
+x_T and uses the record's unconditional embeddings; the source row gets the record's offsets
+(DirectInversion). The reconstruction is row 0 of this very batch, so it shares the edit's batch layout
+and conditioning exactly (the reference's batch-size-dependent reconstructions, p2p issue #47, cannot
+happen).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attention.controllers import P2PConfig, PromptToPrompt
+from editing.sampling import Conditioning, sample
+from inversion.ddim import DDIMSchedule
+from inversion.record import Inversion
+
+
+@dataclass
+class EditResult:
+    reconstruction: np.ndarray  # (H, W, 3) uint8: the source row of the edit batch
+    edits: list[np.ndarray]  # one (H, W, 3) uint8 per target prompt
+    controller: PromptToPrompt  # holds the averaged attention maps and the resolved edit mode
+
+
+def edit_conditioning(model, record: Inversion, targets: list[str]) -> Conditioning:
+    """cond: the source and target embeddings (n, L, D); uncond: the record's per-step u_i on every row."""
+    prompts = [record.prompt, *targets]
+    cond = model.encode_prompts(prompts)  # (n, L, D)
+    uncond = record.uncond_schedule(cond[:1], model.encode_prompts([""]))
+    expand = lambda u: u.expand(len(prompts), *u.shape[1:])  # noqa: E731  (1, L, D) -> (n, L, D)
+    uncond = expand(uncond) if isinstance(uncond, torch.Tensor) else [expand(u) for u in uncond]
+    return Conditioning(cond=cond, uncond=uncond)
+
+
+def edit_p2p(model, record: Inversion, targets: list[str], config: P2PConfig = P2PConfig(),
+             store_self: bool = False, disable: bool = False) -> EditResult:
+    """Edit one inverted photo towards each target prompt with attention injection."""
+    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    controller = PromptToPrompt(record.prompt, targets, model.tokenizer, record.steps, config)
+    controller.store_self = store_self
+    n = 1 + len(targets)
+    x_T = record.x_T.to(model.device)[None].expand(n, *record.x_T.shape)
+    x0 = sample(model, x_T, edit_conditioning(model, record, targets), schedule, record.guidance,
+                offsets=record.offset_schedule(n, model.device), controller=controller, disable=disable,
+                desc="editing")
+    images = model.decode_latents(x0)
+    return EditResult(reconstruction=images[0], edits=list(images[1:]), controller=controller)
