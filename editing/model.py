@@ -132,7 +132,9 @@ class Model:
         """uint8 RGB (B, H, W, 3) -> scaled latents (B, C, H/f, W/f), fp32 (the posterior mean, as NTI does)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
-        return self.vae.encode(x).latent_dist.mean * self.latent_scale
+        # contiguous: the VAE may hand back channels-last latents, and the memory layout changes the
+        # convolutions' float rounding (a record saved and loaded again must edit identically)
+        return (self.vae.encode(x).latent_dist.mean * self.latent_scale).contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
@@ -149,11 +151,17 @@ class Model:
         return out.float()
 
 
+# Config entries that describe how a copy was written, not the model: transformers' save_pretrained sets
+# architectures and dtype on the in-memory config, and the library versions change with an upgrade.
+CONFIG_BOOKKEEPING = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version"})
+
+
 def _model_keys(config: dict) -> dict:
-    """A config without its loader bookkeeping (keys with a leading underscore: _name_or_path is the path,
-    _use_default_values is listed in a hash-seed-dependent order, _diffusers_version and _class_name name
-    the writer), so the fingerprint is the same in every process and for every copy of the checkpoint."""
-    return {k: v for k, v in config.items() if not str(k).startswith("_")}
+    """A config without its loader bookkeeping (CONFIG_BOOKKEEPING, and keys with a leading underscore:
+    _name_or_path is the path, _use_default_values is listed in a hash-seed-dependent order,
+    _diffusers_version and _class_name name the writer), so the fingerprint is the same in every process and
+    for every copy of the checkpoint."""
+    return {k: v for k, v in config.items() if not str(k).startswith("_") and k not in CONFIG_BOOKKEEPING}
 
 
 def ddim_scheduler(config: dict | None = None):
@@ -173,10 +181,15 @@ def build_tiny_model(seed: int = 0, prediction_type: str = "epsilon", sample_siz
 
     Returns (unet, vae, text_encoder, tokenizer, scheduler). Its pictures mean nothing; it exercises the code.
     """
+    with torch.random.fork_rng():  # seeded weights without touching the caller's random state
+        torch.manual_seed(seed)
+        return _tiny_components(prediction_type, sample_size, output_scale)
+
+
+def _tiny_components(prediction_type, sample_size, output_scale):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -195,8 +208,11 @@ def build_tiny_model(seed: int = 0, prediction_type: str = "epsilon", sample_siz
     with torch.no_grad():
         unet.conv_out.weight.mul_(output_scale)
         unet.conv_out.bias.mul_(output_scale)
-    scheduler = ddim_scheduler()
-    scheduler.register_to_config(prediction_type=prediction_type)
+    # Given to the constructor, not set with register_to_config afterwards: that would leave prediction_type
+    # listed in the config's _use_default_values, and from_config (how _from_pipeline and diffusers rebuild a
+    # scheduler) would then silently reset it to epsilon.
+    base = ddim_scheduler()
+    scheduler = type(base).from_config(base.config, prediction_type=prediction_type)
     return unet, vae, text_encoder, tokenizer, scheduler
 
 

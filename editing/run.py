@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     args = apply_config_file(build_parser(), argv)
     check_args(args)
     start = time.perf_counter()
-    torch.manual_seed(args.seed)
     crop = parse_crop(args.crop)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    torch.manual_seed(args.seed)
     image = load_image(args.image, model.resolution, crop)
     config = p2p_config(args, model, crop)
     # check the prompts and edit options (word counts, reweight/blend words, lengths) before the long inversion

@@ -66,11 +66,13 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
     elapsed = time.perf_counter() - start
     stacked = torch.stack(trajectory, 1)  # (B, steps + 1, C, h, w)
     return [
-        Inversion(method=config.method, prompt=prompts[b], x_T=trajectory[-1][b], params=config.params(),
+        Inversion(method=config.method, prompt=prompts[b], x_T=trajectory[-1][b].contiguous(),
+                  params=config.params(),
                   parts=fingerprint_parts(images[b], prompts[b], model.fingerprint, config.method,
                                           config.params()),
-                  nulls=None if nulls is None else nulls[b], offsets=None if offsets is None else offsets[b],
-                  trajectory=stacked[b] if config.keep_trajectory else None,
+                  nulls=None if nulls is None else nulls[b].contiguous(),
+                  offsets=None if offsets is None else offsets[b].contiguous(),
+                  trajectory=stacked[b].contiguous() if config.keep_trajectory else None,
                   timings_s={"inversion": elapsed / len(images)})
         for b in range(len(images))
     ]
