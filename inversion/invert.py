@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from editing.errors import UserError
-from editing.sampling import Conditioning, sample
+from editing.sampling import Conditioning, check_finite, sample
 from inversion.ddim import DDIMSchedule, ddim_inversion
 from inversion.direct import direct_offsets
 from inversion.null_text import NullTextConfig, optimise_nulls
@@ -57,12 +57,15 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
     empty = model.encode_prompts([""]).expand_as(cond)  # (B, L, D)
     x0 = model.encode_images(images)  # (B, C, h, w)
     trajectory = ddim_inversion(model.unet_output, x0, cond, schedule, disable=disable)
+    for k, x in enumerate(trajectory):  # a NaN or inf latent would otherwise be saved as a valid record
+        check_finite(x, f"the DDIM-inversion latent after {k} steps")
     nulls = offsets = None
     if config.method == "null-text":
         nulls = torch.stack(optimise_nulls(model, trajectory, cond, empty, schedule, config.guidance,
                                            config.null_text, disable=disable), 1)  # (B, steps, L, D)
     elif config.method == "direct":
         offsets = torch.stack(direct_offsets(model, trajectory, cond, empty, schedule, config.guidance), 1)
+        check_finite(offsets, "the DirectInversion offsets")
     elapsed = time.perf_counter() - start
     stacked = torch.stack(trajectory, 1)  # (B, steps + 1, C, h, w)
     return [

@@ -48,7 +48,8 @@ def tiny_v_model():
 
 
 @pytest.fixture(scope="session")
-def _photos() -> np.ndarray:
+def session_photos() -> np.ndarray:
+    """The photos of `photos`, shared by the whole session (for module-scoped fixtures): never modify it."""
     import skimage.data
 
     from editing.image_io import prepare_image
@@ -57,9 +58,9 @@ def _photos() -> np.ndarray:
 
 
 @pytest.fixture
-def photos(_photos) -> np.ndarray:
+def photos(session_photos) -> np.ndarray:
     """chelsea, astronaut, coffee: uint8 (3, 64, 64, 3), a fresh copy per test (tests may not share edits)."""
-    return _photos.copy()
+    return session_photos.copy()
 
 
 @pytest.fixture(scope="session")
