@@ -26,7 +26,7 @@ import torch
 
 from editing.errors import UserError
 
-SD15_RANDOM = "sd15-random"
+SD15_RANDOM = "sd15-random"  # the real SD 1.5 architecture, random weights
 # (scikit-image loader, a source prompt that describes the photo)
 PHOTOS = (("chelsea", "a photo of a cat"), ("astronaut", "an astronaut in a white suit"),
           ("coffee", "a cup of coffee on a saucer"), ("rocket", "a rocket on a launch pad"))
@@ -41,7 +41,8 @@ def parse_args(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default",
                         help="model spec for load_model: default, tiny-random, a diffusers folder, a .safetensors "
-                             f"file or a cached hub id ({SD15_RANDOM} is not available yet)")
+                             f"file, a cached hub id, or {SD15_RANDOM} / sd21-random (the SD architectures "
+                             "with random weights: timings only)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, the reference's)")
     parser.add_argument("--inner", type=int, default=10, help="null-text Adam steps per DDIM step at most (default 10)")
     parser.add_argument("--images", type=int, default=1, help="photos inverted together as one batch (default 1)")
@@ -101,15 +102,11 @@ def peak_memory(device: torch.device) -> str:
 
 
 def run(args) -> int:
-    from editing.model import load_model, pick_device
+    from editing.model import load_model
     from inversion.invert import InversionConfig, invert, psnr, reconstruct
     from inversion.null_text import NullTextConfig
 
     check_args(args)
-    if args.model == SD15_RANDOM:
-        needs = "" if pick_device(args.device).type == "cuda" else " (and it needs a CUDA device)"
-        raise UserError(f"the SD-architecture random model {SD15_RANDOM!r} is not available yet: it arrives with "
-                        f"the benchmarks issue{needs}; use --model default, tiny-random or a model folder")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = counting(load_model(args.model, device=args.device, dtype=args.dtype))

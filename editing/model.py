@@ -241,7 +241,8 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
     """Load a model for editing.
 
     spec: None or "default" -> the embedded default (the trained toyworld model when present, otherwise a
-    seeded tiny random model); "tiny-random"; a diffusers folder; a .safetensors/.ckpt file; a hub id that
+    seeded tiny random model); "tiny-random"; "sd15-random" / "sd21-random" (the real SD architectures with
+    random weights, for timings); a diffusers folder; a .safetensors/.ckpt file; a hub id that
     is already in the local Hugging Face cache. Never downloads.
     """
     dev = pick_device(device)
@@ -253,6 +254,10 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
         return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
     if spec == TINY_RANDOM_NAME:
         return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
+    from editing.sd_random import ARCHITECTURES, build_sd_random
+
+    if spec in ARCHITECTURES:
+        return _place(build_sd_random(spec), spec, dev, torch_dtype)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

@@ -1,0 +1,531 @@
+"""Train the embedded default model: a small Stable-Diffusion-shaped text-to-image model on the toy world.
+
+    python -m toyworld.train --out toyworld/model            # the default model (see toyworld/TRAINING.md)
+    python -m toyworld.train --out /tmp/tw-smoke --vae-steps 40 --unet-steps 40 --n-train 2000 --n-eval 16
+
+Stages, all on the CPU, seeded and counted in steps (the same command and thread count gives the same model):
+
+1. render the training set (`--n-train` scenes) and held-out scenes once, kept as uint8 arrays in memory;
+2. train an AutoencoderKL (64x64 RGB -> 16x16x4 latents, factor 4) on random 32x32 crops, then on whole
+   images (the autoencoder is fully convolutional: no mid-block attention, so crops teach it what full
+   images need at a quarter of the cost);
+3. encode the training set once (posterior means), measure the latents' std: `scaling_factor = 1 / std`;
+4. train the UNet2DConditionModel (cross-attention at 16x16 and 8x8) and the CLIPTextModel (real CLIP BPE
+   tokenizer) jointly on the cached latents: epsilon prediction under SD's scaled-linear schedule,
+   min-SNR-5 loss weights, 10 % of captions dropped to "" (classifier-free guidance), AdamW, linear warm-up
+   then cosine decay, an EMA of both networks' weights (what is saved);
+5. save the pipeline in diffusers format (weights in fp16, loaded back in fp32) to `OUT.tmp-<pid>`, check it
+   loads through `editing.model.load_model` and `StableDiffusionPipeline.from_pretrained`, score it (VAE
+   PSNR on held-out renders; text-to-image attribute accuracy with the checker, DDIM 50 steps, CFG 7.5),
+   write `training.json`, then rename the folder to OUT (replacing an older one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from toyworld.checker import accuracy
+from toyworld.world import iter_dataset, random_scene, caption
+
+MAX_FOLDER_MB = 30.0  # the default model lives in the repo: keep it small
+EMPTY_PROMPT = ""  # caption dropout target; also the negative prompt of classifier-free guidance
+
+
+@dataclass
+class Config:
+    """Everything that defines a run; saved in training.json. Defaults are the default model's settings."""
+
+    seed: int = 0
+    threads: int = 2  # torch intra-op threads; results are bit-identical only for the same count
+    # data
+    n_train: int = 40_000  # pre-rendered training scenes (uint8, ~490 MB in memory)
+    two_shapes_prob: float = 0.1  # a small share of two-shape scenes teaches "X and Y on Z" captions
+    n_eval_vae: int = 200  # held-out renders for the VAE PSNR
+    n_eval: int = 100  # held-out one-shape captions for the attribute accuracy
+    # autoencoder: 64x64x3 -> 16x16x4
+    vae_channels: tuple = (32, 32, 64)
+    vae_layers_per_block: int = 1
+    vae_steps: int = 1800  # total steps; the first vae_crop_frac of them on crops
+    vae_crop_frac: float = 0.8
+    vae_crop: int = 32  # crop side (px), offsets on the 4-px latent grid
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-5  # per latent element; small, keeps the latents bounded
+    # text encoder
+    text_hidden: int = 64
+    text_layers: int = 3
+    text_heads: int = 4
+    # UNet on 16x16x4 latents
+    unet_channels: tuple = (48, 96, 96)
+    unet_heads: tuple = (2, 4, 4)  # diffusers' attention_head_dim = number of heads; head dim 24 (8 heads: 1.7x slower on CPU)
+    unet_layers_per_block: int = 1
+    unet_steps: int = 2400
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    # evaluation
+    eval_steps: int = 50
+    eval_guidance: float = 7.5
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    images: np.ndarray  # (N, 64, 64, 3) uint8
+    captions: list[str]
+    scenes: list = field(default_factory=list)
+
+
+def render_set(seed: int, n: int, two_shapes_prob: float, desc: str, disable: bool = False) -> Data:
+    images = np.empty((n, 64, 64, 3), np.uint8)
+    captions, scenes = [], []
+    it = iter_dataset(seed, n, size=64, two_shapes_prob=two_shapes_prob)
+    for i, (scene, image, text) in enumerate(tqdm(it, total=n, desc=desc, disable=disable, **_bar())):
+        images[i] = image
+        captions.append(text)
+        scenes.append(scene)
+    return Data(images, captions, scenes)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _bar() -> dict:
+    """tqdm settings: lively on a terminal, one line every 30 s in a log file."""
+    return {"mininterval": 0.5 if sys.stderr.isatty() else 30.0, "dynamic_ncols": True}
+
+
+# ----------------------------------------------------------------------------------------------
+# Components
+# ----------------------------------------------------------------------------------------------
+
+def build_components(cfg: Config, tokenizer):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=cfg.vae_layers_per_block,
+        down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
+        block_out_channels=tuple(cfg.vae_channels), norm_num_groups=8, sample_size=64,
+        mid_block_add_attention=False)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=64 // 4, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers_per_block,
+        block_out_channels=tuple(cfg.unet_channels), norm_num_groups=16,
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=tuple(cfg.unet_heads),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    return vae, text_encoder, unet
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def warmup_cosine(total: int, warmup_frac: float):
+    warm = max(1, int(round(total * warmup_frac)))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    return f
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual warm-up of the decay."""
+
+    def __init__(self, modules: list[torch.nn.Module], decay: float):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.step += 1
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: autoencoder
+# ----------------------------------------------------------------------------------------------
+
+def train_vae(vae, data: Data, cfg: Config, rng: np.random.Generator, disable: bool) -> dict:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.vae_steps, cfg.warmup_frac))
+    n_crop = int(round(cfg.vae_steps * cfg.vae_crop_frac))
+    offsets = np.arange(0, 64 - cfg.vae_crop + 1, 4)  # crops keep the 4-px latent grid's phase
+    vae.train()
+    smooth, psnr_smooth = None, None
+    bar = tqdm(range(cfg.vae_steps), desc="vae", disable=disable, **_bar())
+    for step in bar:
+        idx = rng.integers(len(data.images), size=cfg.vae_batch)
+        batch = data.images[idx]
+        if step < n_crop:
+            oy, ox = rng.choice(offsets, size=(2, cfg.vae_batch))
+            batch = np.stack([b[y:y + cfg.vae_crop, x:x + cfg.vae_crop] for b, y, x in zip(batch, oy, ox)])
+        x = to_tensor(batch)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        mse = F.mse_loss(rec, x)
+        kl = post.kl().mean() / post.mean[0].numel()  # per latent element
+        loss = mse + F.l1_loss(rec, x) + cfg.vae_kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))  # [-1, 1] range: peak-to-peak 2
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        psnr_smooth = psnr if psnr_smooth is None else 0.98 * psnr_smooth + 0.02 * psnr
+        bar.set_postfix(loss=f"{smooth:.4f}", psnr=f"{psnr_smooth:.1f}", kl=f"{kl.item():.2f}",
+                        crop="y" if step < n_crop else "n", refresh=False)
+    vae.eval()
+    return {"loss": smooth, "train_psnr_db": psnr_smooth, "kl_per_element": kl.item()}
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 256, disable: bool = False) -> torch.Tensor:
+    out = []
+    for i in tqdm(range(0, len(images), batch), desc="encode", disable=disable, **_bar()):
+        out.append(vae.encode(to_tensor(images[i:i + batch])).latent_dist.mean)
+    return torch.cat(out)  # (N, 4, 16, 16), unscaled
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4: UNet + text encoder
+# ----------------------------------------------------------------------------------------------
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """(N, 77) ids, padded like the pipeline pads (to model_max_length); unique captions are tokenized once."""
+    unique = sorted(set(texts))
+    ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    row = {t: i for i, t in enumerate(unique)}
+    return ids[torch.tensor([row[t] for t in texts])]
+
+
+def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+               alphas_cumprod: torch.Tensor, cfg: Config, gen: torch.Generator, disable: bool) -> dict:
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.unet_steps, cfg.warmup_frac))
+    ema = EMA([unet, text_encoder], cfg.ema_decay)
+    unet.train()
+    text_encoder.train()
+    T = len(alphas_cumprod)
+    smooth = None
+    bar = tqdm(range(cfg.unet_steps), desc="unet", disable=disable, **_bar())
+    for _ in bar:
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        z0 = latents[idx]  # (B, 4, 16, 16), scaled
+        tok = ids[idx].clone()  # (B, 77)
+        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+        tok[drop] = empty_ids
+        t = torch.randint(T, (cfg.unet_batch,), generator=gen)
+        eps = torch.randn(z0.shape, generator=gen)
+        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
+        cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
+        per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight * per_sample).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update()
+        raw = per_sample.mean().item()
+        smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
+        bar.set_postfix(mse=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
+    ema.copy_to_model()
+    unet.eval()
+    text_encoder.eval()
+    return {"eps_mse": smooth}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 5: save, reload, score
+# ----------------------------------------------------------------------------------------------
+
+def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer) -> float:
+    """Save in diffusers format with fp16 weights; configs say float32 so every loader upcasts."""
+    from diffusers import StableDiffusionPipeline
+
+    from editing.model import TOKENIZER_DIR, ddim_scheduler
+
+    scheduler = ddim_scheduler()  # SD's schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    scheduler.register_to_config(prediction_type="epsilon")
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.to(torch.float32)
+    for f in TOKENIZER_DIR.iterdir():  # the real tokenizer files, as shipped with the project
+        if f.is_file():
+            shutil.copy2(f, folder / "tokenizer" / f.name)
+    te_cfg = folder / "text_encoder" / "config.json"  # transformers loads in the stored dtype otherwise
+    cfg = json.loads(te_cfg.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg:
+            cfg[key] = "float32"
+    te_cfg.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return folder_mb(folder)
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def psnr_db(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+
+
+@torch.no_grad()
+def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: list, disable: bool) -> dict:
+    """Score the saved folder as users load it: VAE round trip through editing.model.load_model, and
+    text-to-image through StableDiffusionPipeline.from_pretrained with its DDIM scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from editing.model import load_model
+
+    model = load_model(str(folder), device="cpu", dtype="fp32")
+    dtypes = {n: str(next(m.parameters()).dtype) for n, m in
+              (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder))}
+    recs = np.concatenate([model.decode_latents(model.encode_images(vae_images[i:i + 50]))
+                           for i in range(0, len(vae_images), 50)])
+    psnrs = psnr_db(vae_images, recs)
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        local_files_only=True)
+    assert isinstance(pipe.scheduler, DDIMScheduler), type(pipe.scheduler)
+    pipe.set_progress_bar_config(desc="generate", disable=disable, **_bar())
+    pipe_dtypes = {n: str(getattr(pipe, n).dtype) for n in ("unet", "vae", "text_encoder")}
+    prompts = [caption(s) for s in eval_scenes]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = []
+    for i in range(0, len(prompts), 50):
+        out = pipe(prompts[i:i + 50], height=64, width=64, num_inference_steps=cfg.eval_steps,
+                   guidance_scale=cfg.eval_guidance, generator=gen, output_type="np").images
+        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+    images = np.concatenate(images)
+    acc = accuracy(images, eval_scenes)
+    return {"vae_psnr_db": float(psnrs.mean()), "vae_psnr_db_min": float(psnrs.min()),
+            "vae_n": int(len(vae_images)), "attribute_accuracy": acc,
+            "eval_sampler": f"DDIM {cfg.eval_steps} steps, guidance {cfg.eval_guidance}",
+            "loaded_dtypes_load_model": dtypes, "loaded_dtypes_pipeline": pipe_dtypes,
+            "_images": images, "_recs": recs}
+
+
+def write_preview(path: Path, images: np.ndarray, cols: int = 10) -> None:
+    """A contact sheet of generated images (kept in /tmp next to the log, never in the model folder)."""
+    import cv2
+
+    n = len(images) // cols * cols
+    if n == 0:
+        return
+    grid = images[:n].reshape(-1, cols, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(-1, cols * 64, 3)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """tmp -> out, removing an older out; the old folder is moved aside first so out is never half-written."""
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog="python -m toyworld.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (the default model, ~75 min on 2 CPU threads):\n"
+               "  python -m toyworld.train --out toyworld/model\n"
+               "smoke test (~2 min):\n"
+               "  python -m toyworld.train --out /tmp/tw-smoke --n-train 2000 --vae-steps 40 "
+               "--unet-steps 40 --n-eval 16 --n-eval-vae 50")
+    p.add_argument("--out", required=True, help="output folder (written atomically; an older one is replaced)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="pre-rendered training scenes")
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps)
+    p.add_argument("--vae-batch", type=int, default=d.vae_batch)
+    p.add_argument("--unet-steps", type=int, default=d.unet_steps)
+    p.add_argument("--unet-batch", type=int, default=d.unet_batch)
+    p.add_argument("--n-eval", type=int, default=d.n_eval, help="held-out captions for the attribute accuracy")
+    p.add_argument("--n-eval-vae", type=int, default=d.n_eval_vae, help="held-out renders for the VAE PSNR")
+    p.add_argument("--preview", default=None, help="PNG contact sheet of the evaluation images (default: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    for name in ("threads", "n_train", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "n_eval", "n_eval_vae"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    cfg = Config(seed=a.seed, threads=a.threads, n_train=a.n_train, vae_steps=a.vae_steps, vae_batch=a.vae_batch,
+                 unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae)
+    return a, cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_args(argv)
+    from transformers import CLIPTokenizer
+
+    from editing.model import TOKENIZER_DIR, ddim_scheduler
+
+    out = Path(args.out).resolve()
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    disable = args.quiet
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    print(f"toyworld.train: out={out} seed={cfg.seed} threads={cfg.threads} "
+          f"n_train={cfg.n_train} vae_steps={cfg.vae_steps} unet_steps={cfg.unet_steps}", flush=True)
+
+    # 1. data: training scenes from seed, held-out scenes from other seeds
+    t = time.perf_counter()
+    train = render_set(cfg.seed, cfg.n_train, cfg.two_shapes_prob, "render", disable)
+    held_vae = render_set(cfg.seed + 10_000, cfg.n_eval_vae, cfg.two_shapes_prob, "render held-out", True)
+    erng = np.random.default_rng(cfg.seed + 20_000)
+    eval_scenes = [random_scene(erng) for _ in range(cfg.n_eval)]
+    times["render"] = time.perf_counter() - t
+
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    vae, text_encoder, unet = build_components(cfg, tokenizer)
+    sizes = {"vae": n_params(vae), "text_encoder": n_params(text_encoder), "unet": n_params(unet)}
+    print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in sizes.items()), flush=True)
+
+    # 2. autoencoder
+    t = time.perf_counter()
+    vae_stats = train_vae(vae, train, cfg, rng, disable)
+    times["vae"] = time.perf_counter() - t
+
+    # 3. latents and their scale
+    t = time.perf_counter()
+    with torch.no_grad():
+        latents = encode_latents(vae, train.images, disable=disable)
+        held = to_tensor(held_vae.images)
+        rec = vae.decode(vae.encode(held).latent_dist.mean).sample
+        rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    vae_psnr_fp32 = float(psnr_db(held_vae.images, rec).mean())
+    std, mean = float(latents.std()), float(latents.mean())
+    scaling = 1.0 / std
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    times["encode"] = time.perf_counter() - t
+    print(f"vae: held-out PSNR {vae_psnr_fp32:.2f} dB (fp32, before saving); latents mean {mean:.3f} "
+          f"std {std:.3f} -> scaling_factor {scaling:.4f}", flush=True)
+
+    # 4. UNet + text encoder
+    t = time.perf_counter()
+    ids = tokenize(tokenizer, train.captions)
+    empty_ids = tokenize(tokenizer, [EMPTY_PROMPT])[0]
+    alphas_cumprod = ddim_scheduler().alphas_cumprod.float()
+    del train
+    unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, alphas_cumprod, cfg, gen, disable)
+    times["unet"] = time.perf_counter() - t
+
+    # 5. save, reload, score, publish
+    t = time.perf_counter()
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    size_mb = save_pipeline(tmp, vae, text_encoder, unet, tokenizer)
+    times["save"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ev = evaluate(tmp, cfg, held_vae.images, eval_scenes, disable)
+    times["eval"] = time.perf_counter() - t
+    if args.preview:
+        write_preview(Path(args.preview), ev["_images"])
+    times["total"] = time.perf_counter() - t_all
+    acc = ev["attribute_accuracy"]
+    report = {
+        "command": "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": cfg.to_json(), "seed": cfg.seed, "threads": cfg.threads,
+        "steps": {"vae": cfg.vae_steps, "unet": cfg.unet_steps},
+        "parameters": sizes, "folder_mb": round(size_mb, 2), "weights_dtype_on_disk": "float16",
+        "wall_time_s": {k: round(v, 1) for k, v in times.items()},
+        "final_losses": {"vae": vae_stats, "unet": unet_stats},
+        "latents": {"mean": mean, "std": std, "scaling_factor": scaling},
+        "vae_psnr_db_heldout": round(ev["vae_psnr_db"], 3), "vae_psnr_db_heldout_fp32": round(vae_psnr_fp32, 3),
+        "vae_psnr_db_heldout_min": round(ev["vae_psnr_db_min"], 3), "vae_psnr_n": ev["vae_n"],
+        "attribute_accuracy": acc, "eval_sampler": ev["eval_sampler"],
+        "loaded_dtypes": {"editing.model.load_model": ev["loaded_dtypes_load_model"],
+                          "StableDiffusionPipeline.from_pretrained": ev["loaded_dtypes_pipeline"]},
+        "versions": {"torch": torch.__version__, **_versions()},
+    }
+    (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    replace_folder(tmp, out)
+    print(f"saved {out} ({size_mb:.1f} MB, weights fp16 on disk)", flush=True)
+    print(f"quality: VAE PSNR {ev['vae_psnr_db']:.2f} dB on {ev['vae_n']} held-out renders; "
+          f"text-to-image on {acc['n']} held-out captions ({ev['eval_sampler']}): "
+          f"background {acc['background']:.2f}  colour {acc['colour']:.2f}  shape {acc['shape']:.2f}  "
+          f"all {acc['all']:.2f}", flush=True)
+    print("wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()), flush=True)
+    if size_mb > MAX_FOLDER_MB:
+        print(f"warning: the folder is {size_mb:.1f} MB, over the {MAX_FOLDER_MB:.0f} MB budget", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _versions() -> dict:
+    import diffusers
+    import transformers
+
+    return {"diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
