@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,13 +273,33 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
     return _load_cached_hub_id(spec, dev, torch_dtype)
 
 
-def _load_folder(path: Path, name: str, device, dtype) -> Model:
-    from diffusers import StableDiffusionPipeline
+@contextmanager
+def _quiet_loading():
+    """No loader progress bars on stderr (a command's stderr is for its one-line errors); restored after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    states = [(m, m.is_progress_bar_enabled(), m.get_verbosity()) for m in (diffusers_logging, transformers_logging)]
+    for module, _, _ in states:
+        module.disable_progress_bar()
+        module.set_verbosity_error()  # e.g. transformers' torchvision notice when the pipeline is imported
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            local_files_only=True)
+        yield
+    finally:
+        for module, enabled, verbosity in states:
+            module.set_verbosity(verbosity)
+            if enabled:
+                module.enable_progress_bar()
+
+
+def _load_folder(path: Path, name: str, device, dtype) -> Model:
+    try:
+        with _quiet_loading():
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the diffusers model in {path}: {str(exc).splitlines()[0]}") from exc
     return _from_pipeline(pipe, name, device, dtype)
