@@ -19,7 +19,7 @@ from editing.sampling import Conditioning, check_finite, sample
 from inversion.ddim import DDIMSchedule, ddim_inversion
 from inversion.direct import direct_offsets
 from inversion.null_text import NullTextConfig, optimise_nulls
-from inversion.record import METHODS, Inversion, fingerprint_parts
+from inversion.record import METHODS, Inversion, embedding_digest, fingerprint_parts
 
 DEFAULT_STEPS = 50  # the reference's NUM_DDIM_STEPS
 DEFAULT_GUIDANCE = 7.5  # the reference's GUIDANCE_SCALE
@@ -47,13 +47,18 @@ class InversionConfig:
 
 
 def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfig = InversionConfig(),
-           disable: bool = False) -> list[Inversion]:
-    """Invert a batch of preprocessed photos (B, H, W, 3) uint8, each with its own source prompt."""
+           disable: bool = False, cond: torch.Tensor | None = None) -> list[Inversion]:
+    """Invert a batch of preprocessed photos (B, H, W, 3) uint8, each with its own source prompt.
+
+    cond: (B, L, D) conditional embeddings to invert under instead of the prompts' (a learned embedding);
+    the records then carry them, and their fingerprints include them.
+    """
     if len(images) != len(prompts):
         raise UserError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
     start = time.perf_counter()
     schedule = DDIMSchedule.from_scheduler(model.scheduler, config.steps)
-    cond = model.encode_prompts(prompts)  # (B, L, D)
+    learned = cond is not None
+    cond = model.encode_prompts(prompts) if cond is None else cond.detach().float().to(model.device)  # (B, L, D)
     empty = model.encode_prompts([""]).expand_as(cond)  # (B, L, D)
     x0 = model.encode_images(images)  # (B, C, h, w)
     trajectory = ddim_inversion(model.unet_output, x0, cond, schedule, disable=disable)
@@ -68,11 +73,13 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
         check_finite(offsets, "the DirectInversion offsets")
     elapsed = time.perf_counter() - start
     stacked = torch.stack(trajectory, 1)  # (B, steps + 1, C, h, w)
+    def parts(b):
+        found = fingerprint_parts(images[b], prompts[b], model.fingerprint, config.method, config.params())
+        return {**found, "embedding": embedding_digest(cond[b])} if learned else found
+
     return [
         Inversion(method=config.method, prompt=prompts[b], x_T=trajectory[-1][b].contiguous(),
-                  params=config.params(),
-                  parts=fingerprint_parts(images[b], prompts[b], model.fingerprint, config.method,
-                                          config.params()),
+                  params=config.params(), parts=parts(b), cond=cond[b].contiguous() if learned else None,
                   nulls=None if nulls is None else nulls[b].contiguous(),
                   offsets=None if offsets is None else offsets[b].contiguous(),
                   trajectory=stacked[b].contiguous() if config.keep_trajectory else None,
@@ -88,6 +95,7 @@ def source_conditioning(model, records: list[Inversion]) -> tuple[Conditioning, 
         raise UserError(f"records with different step counts {sorted(steps)} cannot be sampled together")
     schedule = DDIMSchedule.from_scheduler(model.scheduler, steps.pop())
     sources = model.encode_prompts([r.prompt for r in records])
+    sources = torch.stack([s if r.cond is None else r.cond.to(s) for s, r in zip(sources, records)])
     empty = model.encode_prompts([""])
     per_row = [r.uncond_schedule(sources[b:b + 1], empty) for b, r in enumerate(records)]
     uncond = [torch.cat([u if isinstance(u, torch.Tensor) else u[i] for u in per_row])

@@ -43,6 +43,11 @@ def fingerprint_parts(image: np.ndarray, prompt: str, model_fingerprint: str, me
     }
 
 
+def embedding_digest(embedding: torch.Tensor) -> str:
+    """Hash of a conditional embedding's fp32 values, for records inverted under a learned embedding."""
+    return _digest(embedding.detach().float().cpu().contiguous().numpy().tobytes())
+
+
 def combine(parts: dict[str, str]) -> str:
     return _digest(json.dumps(parts, sort_keys=True).encode())
 
@@ -59,6 +64,7 @@ class Inversion:
     nulls: torch.Tensor | None = None  # (steps, L, D) null-text inversion's u_i
     offsets: torch.Tensor | None = None  # (steps, C, h, w) DirectInversion's per-step corrections
     trajectory: torch.Tensor | None = None  # (steps + 1, C, h, w) x_0 .. x_T, on request
+    cond: torch.Tensor | None = None  # (L, D) a learned conditional embedding used instead of the prompt's
     timings_s: dict = field(default_factory=dict)
 
     @property
@@ -110,7 +116,7 @@ class Inversion:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"x_T": self.x_T}
-        for name in ("nulls", "offsets", "trajectory"):
+        for name in ("nulls", "offsets", "trajectory", "cond"):
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
@@ -143,7 +149,7 @@ class Inversion:
         record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
                      params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
                      nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
-                     trajectory=tensors.get("trajectory"), timings_s=json.loads(meta.get("timings_s", "{}")))
+                     trajectory=tensors.get("trajectory"), cond=tensors.get("cond"), timings_s=json.loads(meta.get("timings_s", "{}")))
         if record.fingerprint != meta.get("fingerprint"):
             raise UserError(f"{path} is damaged: its fingerprint does not match its contents")
         return record

@@ -1,0 +1,110 @@
+"""Null-text inversion with a learned embedding and interpolation steps (the thesis' first method, 3.1).
+
+1. e_opt: start at e_tgt, the text encoder's output for the target prompt, and minimise the denoising loss
+   of the photo plus lambda ||e_opt - e_tgt||^2 (eq. 3.1) with the shared embedding optimiser.
+2. Invert the photo with e_opt as the conditional embedding (null-text inversion by default): x_T and the
+   nulls u_i now reproduce the photo under e_opt.
+3. Generate from x_T with the nulls: e_opt for the first (steps - N) steps, then
+   e_new = eta e_tgt + (1 - eta) e_opt for the last N (the interpolation steps).
+
+eta = 0 (or N = 0) gives back the reconstruction under e_opt; larger eta and N move towards the target.
+Only the target prompt is needed. A sweep renders an eta x N grid in one sampling batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from editing.embedding import EmbeddingConfig, optimise_embedding
+from editing.errors import UserError
+from editing.sampling import Conditioning, sample
+from inversion.ddim import DDIMSchedule
+from inversion.invert import InversionConfig, invert
+from inversion.record import Inversion
+
+# Thesis defaults of the regularised optimisation (its public implementation): lr 5e-3, 1000 steps, lambda 1e-3.
+DEFAULT_EMBEDDING = EmbeddingConfig(steps=1000, lr=5e-3, l2=1e-3)
+DEFAULT_ETA = 0.7  # inside the thesis' useful range (its Fig. 4.5-4.8 sweep eta over [0, 1])
+DEFAULT_INTERP_STEPS = 25  # half of 50 DDIM steps: late steps change detail and colour, early ones layout
+
+
+@dataclass(frozen=True)
+class LearnedEmbeddingConfig:
+    embedding: EmbeddingConfig = field(default_factory=lambda: DEFAULT_EMBEDDING)
+    eta: float = DEFAULT_ETA  # weight of e_tgt in e_new
+    interp_steps: int = DEFAULT_INTERP_STEPS  # N: the last N denoising steps use e_new
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LearnedEmbeddingResult:
+    reconstruction: np.ndarray  # (H, W, 3) uint8: generation under e_opt alone (eta = 0)
+    edit: np.ndarray  # (H, W, 3) uint8
+    sweep: list[np.ndarray]  # one image per (eta, N) of the sweep, row-major over etas
+    record: Inversion  # the inversion under e_opt
+    e_opt: torch.Tensor  # (1, L, D)
+    losses: list[float]
+    timings_s: dict  # preliminary_training (embedding), editing (inversion under e_opt), generation
+
+
+def learn_embedding(model, image: np.ndarray, prompt: str, config: EmbeddingConfig,
+                    generator: torch.Generator | None = None, disable: bool = False):
+    """e_opt (1, L, D) for one photo, starting from and pulled towards the prompt's embedding e_tgt."""
+    e_tgt = model.encode_prompts([prompt])  # (1, L, D)
+    latents = model.encode_images(image[None])  # (1, C, h, w)
+    e_opt = e_tgt.clone()
+    losses = optimise_embedding(model, latents, [e_opt], lambda t: e_opt.expand(len(t), -1, -1), config,
+                                anchors=[e_tgt], generator=generator, disable=disable,
+                                desc="embedding optimisation")
+    return e_tgt, e_opt.detach(), losses
+
+
+def interpolation_conditioning(e_opt: torch.Tensor, e_tgt: torch.Tensor, settings: list[tuple[float, int]],
+                               steps: int) -> list[torch.Tensor]:
+    """Per sampling step, one row per (eta, N): e_opt before step steps - N, e_new from there on."""
+    rows = []
+    for eta, n in settings:
+        if not 0 <= n <= steps:
+            raise UserError(f"interpolation steps must be between 0 and {steps}, got {n}")
+        e_new = eta * e_tgt + (1 - eta) * e_opt
+        rows.append([e_opt if i < steps - n else e_new for i in range(steps)])
+    return [torch.cat([row[i] for row in rows]) for i in range(steps)]  # steps x (B, L, D)
+
+
+def generate(model, record: Inversion, e_opt: torch.Tensor, e_tgt: torch.Tensor,
+             settings: list[tuple[float, int]], disable: bool = False) -> np.ndarray:
+    """Sample record.x_T once per (eta, N) setting, with the record's unconditional embeddings."""
+    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    batch = len(settings)
+    cond = interpolation_conditioning(e_opt, e_tgt, settings, record.steps)
+    uncond = record.uncond_schedule(e_opt, model.encode_prompts([""]))
+    expand = lambda u: u.expand(batch, *u.shape[1:])  # noqa: E731  (1, L, D) -> (B, L, D)
+    uncond = expand(uncond) if isinstance(uncond, torch.Tensor) else [expand(u) for u in uncond]
+    x_T = record.x_T.to(model.device)[None].expand(batch, *record.x_T.shape)
+    offsets = None if record.offsets is None else [o.to(model.device) for o in record.offsets]
+    x0 = sample(model, x_T, Conditioning(cond=cond, uncond=uncond), schedule, record.guidance,
+                offsets=offsets, disable=disable, desc="generation")
+    return model.decode_latents(x0)
+
+
+def edit_learned_embedding(model, image: np.ndarray, target: str, config: LearnedEmbeddingConfig,
+                           inversion: InversionConfig, generator: torch.Generator | None = None,
+                           sweep: list[tuple[float, int]] | None = None, disable: bool = False
+                           ) -> LearnedEmbeddingResult:
+    """Edit one preprocessed photo (H, W, 3) uint8 towards the target prompt."""
+    t0 = time.perf_counter()
+    e_tgt, e_opt, losses = learn_embedding(model, image, target, config.embedding, generator, disable)
+    t1 = time.perf_counter()
+    record = invert(model, image[None], [target], inversion, disable=disable, cond=e_opt)[0]
+    t2 = time.perf_counter()
+    settings = [(0.0, 0), (config.eta, config.interp_steps), *(sweep or [])]
+    images = generate(model, record, e_opt, e_tgt, settings, disable=disable)
+    t3 = time.perf_counter()
+    return LearnedEmbeddingResult(
+        reconstruction=images[0], edit=images[1], sweep=list(images[2:]), record=record, e_opt=e_opt,
+        losses=losses, timings_s={"preliminary_training": t1 - t0, "editing": t2 - t1, "generation": t3 - t2})
