@@ -25,6 +25,10 @@ from tqdm.auto import tqdm
 
 from editing.errors import NonFiniteError, UserError
 
+# Steps between reads of the loss on the host: each read waits for the GPU, so reading every step would
+# serialise the loop; a NaN is still caught within this many steps (and at the end).
+SYNC_EVERY = 25
+
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
@@ -93,15 +97,15 @@ def optimise_embedding(model, latents: torch.Tensor, params: Sequence[torch.Tens
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        value = loss.item()
-        if value != value or value in (float("inf"), float("-inf")):
-            raise NonFiniteError(f"{desc}: the loss became NaN or infinite at step {i} (lower the learning "
-                                 "rate; in fp16 try --dtype bf16 or fp32)")
         if after_step is not None:
             after_step(i)
-        losses.append(value)
-        if i % 10 == 0:
-            bar.set_postfix(loss=f"{value:.4f}")
+        losses.append(loss.detach())
+        if (i + 1) % SYNC_EVERY == 0 or i + 1 == config.steps:
+            recent = torch.stack(losses[-SYNC_EVERY:]).cpu()
+            if not torch.isfinite(recent).all():
+                raise NonFiniteError(f"{desc}: the loss became NaN or infinite by step {i} (lower the learning "
+                                     "rate; in fp16 try --dtype bf16 or fp32)")
+            bar.set_postfix(loss=f"{recent.mean().item():.4f}")
     for p in params:
         p.requires_grad_(False)
-    return losses
+    return torch.stack(losses).tolist() if losses else []

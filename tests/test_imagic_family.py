@@ -276,3 +276,13 @@ def test_cli_method_errors(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_embedding_optimiser_reports_a_nan(tiny_model, photos):
+    from editing.errors import NonFiniteError
+
+    emb = tiny_model.encode_prompts([""]).clone()
+    with pytest.raises(NonFiniteError, match="NaN"):
+        optimise_embedding(tiny_model, tiny_model.encode_images(photos[:1]), [emb],
+                           lambda t: (emb * float("nan")).expand(len(t), -1, -1), EmbeddingConfig(steps=3, l2=0.0),
+                           generator=seeded(), disable=True)
