@@ -85,7 +85,8 @@ def parse_prompt(prompt: str) -> list[Piece]:
     start = i = 0
     while i < len(prompt):
         if prompt[i] == ">":
-            raise _error("a '>' that closes no '<'", prompt[max(0, i - 10):i + 1], i)
+            raise UserError(f"the '>' at character {i} of the prompt closes no '<', in {prompt[start:i + 1]!r} "
+                            f"({SYNTAX_HELP}, t in [0, 1])")
         if prompt[i] != "<":
             i += 1
             continue
