@@ -1,0 +1,533 @@
+"""Edit a folder of photos, or a manifest of photos with their own prompts: invert once, edit many.
+
+Every option of `python -m editing.run` (see its --help) applies to every image, except --image, --out,
+--save-inversion and --inversion-file: the batch names the output folders and caches the inversions itself.
+
+Examples (run on the embedded default model):
+  python -m editing.batch --images photos/ --source-prompt "a cat sitting on a blanket" \\
+      --target-prompt "a tiger sitting on a blanket" --out out-batch/
+  python -m editing.batch --manifest edits.yaml --images photos/ --steps 50 --out out-batch/
+  python -m editing.batch --manifest PIE-Bench_v1/mapping_file.json --images PIE-Bench_v1/annotation_images \\
+      --out out-pie/
+  accelerate launch --multi_gpu --num_processes 4 -m editing.batch --images photos/ ... --out out-batch/
+
+A manifest (YAML, or JSON when it ends in .json) is a list of entries, {"images": [entries]}, or a
+mapping of names to entries. An entry gives `image` (relative paths start from --images, else from the
+manifest's folder), optionally `name` (its output folder) and any editing.run option by its long name,
+e.g. source_prompt, target_prompt (a string or a list), method, steps, blend_words. A PIE-Bench
+mapping_file.json entry (image_path, original_prompt, editing_prompt with [ ] marks, blended_word) is read
+as image, source_prompt, target_prompt and blend_words; its mask and editing_type_id are for evaluation
+and are not used.
+
+Writes into --out one folder per image with editing.run's files (source.png, reconstruction.png, edit.png,
+grid.png, summary.json), report.json and report.md, and the inversion cache (.cache/inversions/, or
+--cache). A finished image (its summary.json and every output it lists present) is skipped when the
+batch runs again (--no-resume to refuse that, --overwrite to redo it). Every file is written under a
+temporary name and renamed, so a run killed at any moment leaves no half-written file.
+Under `accelerate launch` each process edits a disjoint share of the images and the main process merges
+the reports. Exit codes: 0 all done, 1 some image failed (see the report), 2 bad input or usage (one
+`error:` line).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from editing import run
+from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main, write_json
+from editing.errors import UserError
+from editing.image_io import load_image
+from editing.model import load_model
+from inversion.invert import InversionConfig, invert
+from inversion.record import Inversion, combine, fingerprint_parts
+
+# On a GPU one inversion call for 4 photos keeps the UNet busy (one batched call per step); on a CPU a batch
+# gains nothing and only delays the first finished image.
+GPU_BATCH_SIZE = 4
+CPU_BATCH_SIZE = 1
+CACHE_SUBDIR = Path(".cache") / "inversions"  # inside --out, so a later run into the same folder finds it
+PARTIAL_REPORTS = ".reports"  # each process's own report, merged by the main process
+# Output folder names: letters, digits, '_', '.', '-'; never hidden, never longer than this (file systems
+# allow 255 bytes, and a UTF-8 character may take 4).
+MAX_NAME_CHARS = 60
+RESERVED_NAMES = ("report.json", "report.md")  # files the batch writes beside the image folders
+# The main process waits at the end for the slowest process; torch's default (10 to 30 minutes) would
+# abort a long run whose shards finish far apart.
+SHARD_WAIT_TIMEOUT = timedelta(hours=48)
+# Options that hold for the whole batch: one model for all images, outputs and inversions named by the batch.
+BATCH_LEVEL = ("image", "out", "model", "device", "dtype", "save_inversion", "inversion_file", "config",
+               "quiet", "debug")
+# summary.json entries that must match (besides the image's path) for a finished folder to count as this edit.
+SAME_EDIT_KEYS = ("model", "method", "source_prompt", "target_prompts", "seed", "steps", "guidance")
+PIE_BENCH_KEYS = ("image_path", "original_prompt", "editing_prompt")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m editing.batch", description=__doc__, allow_abbrev=False,
+               formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100))
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="a folder of photos (every visible file in it; subfolders are not read), or the folder "
+                        "that a manifest's relative image paths start from")
+    p.add_argument("--manifest", default=None, metavar="FILE",
+                   help="YAML or JSON list of images with their own prompts and options, or PIE-Bench's "
+                        "mapping_file.json")
+    p.add_argument("--out", default="out-batch", help="output folder (default out-batch/)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"photos inverted together (default {GPU_BATCH_SIZE} on CUDA, "
+                        f"{CPU_BATCH_SIZE} otherwise)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help=f"inversion cache, shareable between batches (default OUT/{CACHE_SUBDIR})")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip images whose outputs are finished (default); --no-resume reports them as failed "
+                        "instead, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="edit finished images again, replacing their outputs")
+    p.add_argument("--verbose", action="store_true", help="also show the per-step progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+@dataclass
+class Spec:
+    """One image as the input names it, before its options are parsed."""
+
+    key: str  # what identifies it in the input: its file name or its manifest entry
+    image: str  # the photo's path
+    name: str  # the wanted output folder name (made safe and unique later)
+    options: dict = field(default_factory=dict)  # editing.run options by long name, from a manifest
+
+
+@dataclass
+class Job:
+    """One image to edit: its photo, its output folder name, its editing options, or why it cannot be edited."""
+
+    index: int  # position in the whole batch (every process numbers the images the same way)
+    name: str
+    image: str
+    args: argparse.Namespace | None
+    error: str | None = None
+
+
+@dataclass
+class InversionCache:
+    """Source inversions on disk, one safetensors file per fingerprint, so each photo is inverted once.
+
+    An instance is editing.run's invert_source. Records keep the DDIM trajectory, so one file serves p2p and
+    null-finetune alike; a damaged or foreign file is inverted again and replaced.
+    """
+
+    folder: Path
+    computed: dict[str, float] = field(default_factory=dict)  # fingerprint -> seconds inverting it in this run
+
+    def key(self, model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
+        return combine(fingerprint_parts(image, prompt, model.fingerprint, config.method, config.params()))
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def load(self, model, image, prompt: str, config: InversionConfig) -> Inversion | None:
+        key = self.key(model, image, prompt, config)
+        if not self.path(key).is_file():
+            return None
+        try:
+            record = Inversion.load(self.path(key))
+            record.verify(image, prompt, model.fingerprint)
+        except UserError:  # damaged or made for something else: invert again, replacing it
+            return None
+        return record if record.fingerprint == key and record.trajectory is not None else None
+
+    def fill(self, model, images: list[np.ndarray], prompts: list[str], config: InversionConfig,
+             disable: bool) -> None:
+        """Invert several photos in one call (one config for all, early stop per photo) and store them."""
+        records = invert(model, np.stack(images), prompts, replace(config, keep_trajectory=True), disable=disable)
+        for record in records:
+            record.save(self.path(record.fingerprint))
+            self.computed[record.fingerprint] = record.timings_s["inversion"]
+
+    def __call__(self, model, image, prompt: str, config: InversionConfig, disable: bool) -> Inversion:
+        record = self.load(model, image, prompt, config)
+        if record is None:
+            self.fill(model, [image], [prompt], config, disable)
+            record = self.load(model, image, prompt, config)
+        return record  # always the stored record, so a resumed batch edits exactly as an uninterrupted one
+
+
+def shared_options(rest: list[str], has_manifest: bool) -> argparse.Namespace:
+    """The editing.run options given on the command line (or in its --config file), checked."""
+    parser = run.build_parser()
+    for action in parser._actions:
+        if action.dest in ("image", "target_prompt"):
+            action.required = False  # the batch gives the images; a manifest may give the targets
+    args = apply_config_file(parser, rest)
+    if args.image:
+        raise UserError("--image edits one photo (python -m editing.run); give --images DIR or --manifest FILE")
+    if args.save_inversion or args.inversion_file:
+        raise UserError("the batch caches every inversion itself (see --cache); --save-inversion and "
+                        "--inversion-file belong to python -m editing.run")
+    if not has_manifest:
+        if not args.target_prompt:
+            raise UserError("give --target-prompt (repeatable), or a --manifest with prompts per image")
+        run.check_args(args)
+    return args
+
+
+def entry_options(shared: argparse.Namespace, options: dict, where: str) -> argparse.Namespace:
+    """The shared options with one manifest entry's options on top: the entry wins, and its lists replace."""
+    parser = run.build_parser()
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    defaults, argv = dict(vars(shared)), []
+    for key, value in options.items():
+        dest = str(key).replace("-", "_")
+        if dest in BATCH_LEVEL:
+            raise UserError(f"{where}: {key!r} holds for the whole batch; give it on the command line")
+        if dest not in actions:
+            raise UserError(f"{where}: unknown option {key!r}; an entry takes image, name and the long names of "
+                            "python -m editing.run's options, e.g. source_prompt, target_prompt, method")
+        action, flag = actions[dest], max(actions[dest].option_strings, key=len)
+        if value is None or action.nargs == 0:  # null restores the method's default; a switch is true or false
+            if action.nargs == 0 and not isinstance(value, bool):
+                raise UserError(f"{where}: {key} is a switch: give true or false, got {value!r}")
+            defaults[dest] = value
+        elif isinstance(action, argparse._AppendAction):  # e.g. target_prompt: the entry's list replaces
+            defaults[dest] = None
+            argv += [f"{flag}={v}" for v in (value if isinstance(value, list) else [value])]
+        elif action.nargs in ("+", "*"):
+            argv += [flag, *map(str, value if isinstance(value, list) else str(value).split())]
+        else:
+            argv.append(f"{flag}={value}")
+    for action in parser._actions:
+        action.required = False
+    parser.set_defaults(**defaults)
+    try:
+        return parser.parse_args(argv)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def strip_marks(prompt: str) -> str:
+    """PIE-Bench's 'a [cat] sitting' -> 'a cat sitting'."""
+    return " ".join(re.sub(r"[\[\]]", " ", str(prompt)).split())
+
+
+def pie_bench_options(entry: dict, where: str) -> dict:
+    missing = [k for k in PIE_BENCH_KEYS if k not in entry]
+    if missing:
+        raise UserError(f"{where}: a PIE-Bench entry needs {', '.join(PIE_BENCH_KEYS)}; {', '.join(missing)} missing")
+    options = {"image": entry["image_path"], "source_prompt": strip_marks(entry["original_prompt"]),
+               "target_prompt": [strip_marks(entry["editing_prompt"])]}
+    words = str(entry.get("blended_word") or "").split()
+    if words:
+        options["blend_words"] = words
+    return options
+
+
+def read_manifest(path: Path, base: Path | None) -> list[Spec]:
+    if not path.is_file():
+        raise UserError(f"manifest not found: {path}")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read manifest {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        data = data["images"]
+    if isinstance(data, dict):  # name -> entry, as PIE-Bench's mapping_file.json
+        items = [(str(k), v) for k, v in data.items()]
+    elif isinstance(data, list):
+        items = [(None, v) for v in data]
+    else:
+        raise UserError(f"manifest {path} must hold a list of entries or a mapping of names to entries")
+    base = base or path.parent
+    specs = []
+    for number, (name, entry) in enumerate(items, 1):
+        where = f"{path} entry {name or number}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} must be a mapping with at least `image` and prompts")
+        options = pie_bench_options(entry, where) if "image_path" in entry else dict(entry)
+        image = options.pop("image", None)
+        if not image:
+            raise UserError(f"{where} has no `image` (the photo's path)")
+        image = Path(str(image)).expanduser()
+        label = str(options.pop("name", None) or name or image.stem)
+        specs.append(Spec(key=f"{number}:{label}:{image}", image=str(image if image.is_absolute() else base / image),
+                          name=label, options=options))
+    if not specs:
+        raise UserError(f"manifest {path} lists no images")
+    return specs
+
+
+def folder_specs(folder: Path) -> list[Spec]:
+    if not folder.is_dir():
+        raise UserError(f"--images {folder} is not a folder; give a folder of photos, or --manifest FILE")
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise UserError(f"no files in {folder}: put photos (PNG, JPEG, ...) there, or give --manifest FILE")
+    return [Spec(key=p.name, image=str(p), name=p.stem) for p in files]
+
+
+def safe_name(text: str) -> str:
+    """A folder name that cannot leave the output folder: no separators, no '..', not hidden, not empty."""
+    name = re.sub(r"[^\w.-]+", "_", text).strip("._-")[:MAX_NAME_CHARS].rstrip("._-")
+    return name or "image"
+
+
+def output_names(specs: list[Spec]) -> list[str]:
+    """Safe names, unique even where file systems ignore case: a taken name gets a short hash of its input."""
+    taken, names = {n.lower() for n in RESERVED_NAMES}, []
+    for spec in specs:
+        name = safe_name(spec.name)
+        salt = 0
+        while name.lower() in taken:
+            name = f"{safe_name(spec.name)}-{hashlib.sha256(f'{spec.key}#{salt}'.encode()).hexdigest()[:6]}"
+            salt += 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def find_jobs(batch: argparse.Namespace, shared: argparse.Namespace) -> list[Job]:
+    """Every image of the batch with its options, in input order. A manifest that cannot be read is a usage
+    error; an image whose prompts the editor refuses becomes a failed job (the others still run)."""
+    if batch.manifest:
+        specs = read_manifest(Path(batch.manifest), Path(batch.images) if batch.images else None)
+    elif batch.images:
+        specs = folder_specs(Path(batch.images))
+    else:
+        raise UserError("give --images DIR (one edit for every photo in it) or --manifest FILE (see --help)")
+    jobs = []
+    for index, (spec, name) in enumerate(zip(specs, output_names(specs))):
+        args = entry_options(shared, spec.options, f"{batch.manifest} entry {spec.name}") if spec.options \
+            else argparse.Namespace(**vars(shared))
+        args.image, args.quiet = spec.image, not batch.verbose
+        try:
+            if not args.target_prompt:
+                raise UserError("no target prompt: give --target-prompt or target_prompt in the manifest")
+            run.check_args(args)
+            error = None
+        except UserError as exc:
+            error = str(exc)
+        jobs.append(Job(index, name, spec.image, args, error))
+    return jobs
+
+
+def finished_summary(folder: Path) -> dict | None:
+    """The folder's summary.json when its edit finished (every output it lists is there), else None."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        outputs = [n for v in summary["outputs"].values() for n in (v if isinstance(v, list) else [v])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return summary if all((folder / str(n)).is_file() for n in outputs) else None
+
+
+def same_edit(summary: dict, args: argparse.Namespace, model) -> bool:
+    if os.path.abspath(str(summary.get("image"))) != os.path.abspath(args.image):  # the same photo, however named
+        return False
+    wanted = {"model": model.name, "method": args.method,
+              "source_prompt": args.source_prompt, "target_prompts": list(args.target_prompt), "seed": args.seed,
+              "steps": args.steps, "guidance": args.guidance}
+    return all(summary.get(k) == wanted[k] for k in SAME_EDIT_KEYS)
+
+
+def entry(job: Job, status: str, error: str | None = None, summary: dict | None = None, **extra) -> dict:
+    """One image's line of the report."""
+    summary = summary or {}
+    return {"index": job.index, "name": job.name, "image": job.image, "status": status, "error": error,
+            "method": None if job.args is None else job.args.method,
+            "timings_s": summary.get("timings_s", {}), "reconstruction_psnr_db": summary.get("reconstruction_psnr_db"),
+            "folder": job.name if summary else None, "inversion": None, **extra}
+
+
+def triage(job: Job, out: Path, model, batch) -> dict | None:
+    """The report entry of an image that needs no editing (refused, or finished before), else None."""
+    if job.error:
+        return entry(job, "failed", job.error)
+    summary = finished_summary(out / job.name)
+    if summary is None or batch.overwrite:
+        return None
+    if not same_edit(summary, job.args, model):
+        return entry(job, "failed", f"{out / job.name} holds a finished edit with other settings (image, prompts, "
+                                    "method, seed, steps or model); pass --overwrite to replace it, or another --out")
+    if not batch.resume:
+        return entry(job, "failed", f"{out / job.name} is finished and --no-resume was given; pass --overwrite "
+                                    "to edit it again")
+    return entry(job, "skipped", summary=summary)
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+
+
+def invert_ahead(cache: InversionCache, model, loaded: list[tuple[Job, np.ndarray]], disable: bool) -> None:
+    """Batched inversion of the loaded photos whose source inversion is not cached yet, one call per config."""
+    groups: dict[InversionConfig, dict[str, tuple[np.ndarray, str]]] = {}
+    for job, image in loaded:
+        if job.args.method in run.SOURCE_METHODS:
+            config = run.inversion_config(job.args)
+            key = cache.key(model, image, job.args.source_prompt, config)
+            if not cache.path(key).is_file():
+                groups.setdefault(config, {})[key] = (image, job.args.source_prompt)
+    for config, todo in groups.items():
+        images, prompts = zip(*todo.values())
+        try:
+            cache.fill(model, list(images), list(prompts), config, disable)
+        except Exception:  # each photo is inverted again on its own when edited, so only the culprit fails
+            continue
+
+
+def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: InversionCache, out: Path,
+             debug: bool) -> dict:
+    folder = out / job.name
+    key = None
+    if job.args.method in run.SOURCE_METHODS:
+        key = cache.key(model, image, job.args.source_prompt, run.inversion_config(job.args))
+    try:
+        (folder / "summary.json").unlink(missing_ok=True)  # the folder counts as finished only with this edit's
+        for stale in folder.glob(".*.tmp"):  # what a killed run was writing when it died
+            stale.unlink()
+        summary = run.run_edit(model, image, job.args, folder, invert_source=cache)
+    except Exception as exc:  # this image fails; the batch goes on
+        if debug:
+            traceback.print_exc()
+        return entry(job, "failed", describe(exc))
+    timings = {"load": round(load_s, 3), "inversion": round(cache.computed.get(key, 0.0), 3), **summary["timings_s"]}
+    inversion = "not needed" if key is None else "computed" if key in cache.computed else "reused"
+    return {**entry(job, "done", summary=summary, inversion=inversion), "timings_s": timings}
+
+
+def run_shard(jobs: list[Job], model, cache: InversionCache, out: Path, batch, entries: dict,
+              show_bar: bool) -> None:
+    """Edit this process' images, filling entries (index -> report entry) as each finishes."""
+    todo = []
+    for job in jobs:
+        found = triage(job, out, model, batch)
+        if found is None:
+            todo.append(job)
+        else:
+            entries[job.index] = found
+    batch_size = batch.batch_size or (GPU_BATCH_SIZE if model.device.type == "cuda" else CPU_BATCH_SIZE)
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="images", unit="image",
+              disable=not show_bar) as bar:
+        for start in range(0, len(todo), batch_size):
+            loaded = []
+            for job in todo[start:start + batch_size]:
+                t0 = time.perf_counter()
+                try:
+                    image = load_image(job.image, model.resolution, run.parse_crop(job.args.crop))
+                    loaded.append((job, image, time.perf_counter() - t0))
+                except Exception as exc:
+                    entries[job.index] = entry(job, "failed", describe(exc))
+                    bar.update()
+            invert_ahead(cache, model, [(job, image) for job, image, _ in loaded], disable=not batch.verbose)
+            for job, image, load_s in loaded:
+                entries[job.index] = edit_job(job, image, load_s, model, cache, out, batch.debug)
+                bar.update()
+    for job in jobs:
+        if entries[job.index]["status"] == "failed":
+            print(f"failed: {job.name}: {entries[job.index]['error']}", file=sys.stderr)
+
+
+def totals(entries: list[dict], wall_s: float, processes: int) -> dict:
+    count = lambda key, value: sum(e.get(key) == value for e in entries)  # noqa: E731
+    psnrs = [e["reconstruction_psnr_db"] for e in entries if e["reconstruction_psnr_db"] is not None]
+    return {"images": len(entries), "done": count("status", "done"), "skipped": count("status", "skipped"),
+            "failed": count("status", "failed"), "inversions_computed": count("inversion", "computed"),
+            "inversions_reused": count("inversion", "reused"),
+            "editing_time_s": round(sum(e["timings_s"].get("total", 0.0) for e in entries
+                                        if e["status"] == "done"), 3),
+            "mean_reconstruction_psnr_db": round(float(np.mean(psnrs)), 3) if psnrs else None,
+            "wall_s": round(wall_s, 3), "processes": processes}
+
+
+def write_report(out: Path, entries: list[dict], wall_s: float, processes: int, model) -> dict:
+    """report.json and report.md (both atomic)."""
+    report = {"command": "python -m editing.batch", "model": model.name, "device": str(model.device),
+              "totals": totals(entries, wall_s, processes), "images": entries}
+    write_json(out / "report.json", report)
+    t = report["totals"]
+    lines = ["# Batch edit report", "",
+             f"{t['images']} images: {t['done']} done, {t['skipped']} skipped, {t['failed']} failed; "
+             f"{t['inversions_computed']} inversions computed, {t['inversions_reused']} reused from the cache; "
+             f"wall time {t['wall_s']} s on {processes} process(es); model {model.name}.", "",
+             "| image | status | inversion | load s | inversion s | preliminary s | editing s | generation s "
+             "| total s | PSNR dB | error |", "|" + "---|" * 11]
+    for e in entries:
+        times = [e["timings_s"].get(k, "") for k in ("load", "inversion", "preliminary_training", "editing",
+                                                     "generation", "total")]
+        cells = [e["name"], e["status"], e.get("inversion") or "", *times, e["reconstruction_psnr_db"] or "",
+                 (e["error"] or "").replace("|", "/").replace("\n", " ")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    text = "\n".join(lines) + "\n"
+    temporary = out / f".report.md.{os.getpid()}.tmp"
+    temporary.write_text(text)
+    os.replace(temporary, out / "report.md")
+    return report
+
+
+def distributed_state(device: str):
+    """Accelerate's process state: one process unless started by `accelerate launch` (or torchrun)."""
+    from accelerate import PartialState
+
+    # Accelerate picks gloo on the CPU only when told to; without CUDA the processes must use the CPU.
+    cpu = device == "cpu" or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() \
+        in ("1", "true", "yes")
+    return PartialState(cpu=cpu, timeout=SHARD_WAIT_TIMEOUT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    batch, rest = build_parser().parse_known_args(argv)
+    if batch.batch_size is not None and batch.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch.batch_size}")
+    shared = shared_options(rest, has_manifest=bool(batch.manifest))
+    jobs = find_jobs(batch, shared)
+    state = distributed_state(shared.device)
+    device = str(state.device) if state.num_processes > 1 and state.device.type == "cuda" else shared.device
+    model = load_model(shared.model, device=device, dtype=shared.dtype)
+    out = Path(batch.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = InversionCache(Path(batch.cache) if batch.cache else out / CACHE_SUBDIR)
+    mine = jobs[state.process_index::state.num_processes]
+    entries: dict[int, dict] = {}
+    partial = out / PARTIAL_REPORTS / f"process-{state.process_index}-of-{state.num_processes}.json"
+    try:
+        run_shard(mine, model, cache, out, batch, entries, show_bar=state.is_local_main_process)
+    finally:  # also when interrupted: what finished is reported, the rest as not run
+        for job in mine:
+            entries.setdefault(job.index, entry(job, "failed", "interrupted before this image was edited"))
+            entries[job.index]["process"] = state.process_index
+        write_json(partial, {"images": [entries[job.index] for job in mine]})
+        if state.num_processes == 1:
+            report = write_report(out, [entries[job.index] for job in mine], time.perf_counter() - start, 1, model)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return EXIT_FAILURE if any(e["status"] == "failed" for e in entries.values()) else EXIT_OK
+        merged = []
+        for k in range(state.num_processes):
+            merged += json.loads((out / PARTIAL_REPORTS / f"process-{k}-of-{state.num_processes}.json")
+                                 .read_text())["images"]
+        report = write_report(out, sorted(merged, key=lambda e: e["index"]), time.perf_counter() - start,
+                              state.num_processes, model)
+    t = report["totals"]
+    print(f"{t['done']} edited, {t['skipped']} skipped (finished before), {t['failed']} failed of {t['images']} "
+          f"images; report: {out / 'report.md'}")
+    return EXIT_FAILURE if t["failed"] else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
