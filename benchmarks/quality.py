@@ -1,49 +1,73 @@
-"""Edit quality on the toy world, where every edit has a ground truth, and reconstruction quality.
+"""The quality suite: how closely each inversion reconstructs photos, and how well each editing method
+edits the toy world, where every edit has a ground truth.
 
-For N seeded toy-world scenes, each with a ground-truth edited twin (one attribute changed: colour, shape
-or background), invert the source render with its caption, edit it with Prompt-to-Prompt towards the
-edited caption, and measure:
-- edit accuracy: the share of edits the attribute checker reads as the target scene (all three
-  attributes right), and per attribute;
-- PSNR of the edit against the ground-truth edited image;
-- PSNR of the unchanged region (pixels the ground-truth edit leaves alone) against the source;
-- reconstruction PSNR of the source branch against the source.
+Part "reconstruction" (--parts): each photo (default: scikit-image's chelsea, astronaut, coffee and rocket
+with built-in captions; or every photo in --images DIR, captioned by DIR/<name>.txt, else the empty
+prompt) is inverted with its caption by each of --recon-inversions (default all four: null-text,
+negative-prompt, direct, ddim) and sampled back; PSNR and SSIM against the preprocessed photo. The VAE
+round trip (encode, decode) is the ceiling no inversion can pass.
 
-Example (the embedded default model, 100 scenes, NTI + P2P Replace):
+Part "edits": N seeded toy-world scenes, each with a ground-truth edited twin (one attribute changed:
+colour, shape or background). Each method of --methods edits the source render towards the twin's
+caption through editing.run (run_edit), and is scored by:
+- edit accuracy: the share of edits the attribute checker reads as the twin (all three attributes
+  right), per kind of edit, and the per-attribute reading;
+- edit PSNR / SSIM against the ground-truth edited render;
+- unchanged-region PSNR: over the pixels the ground-truth edit leaves alone (with a 1 px margin), the
+  edit against the ground truth (there identical to the source);
+- layout: the distance between the centre of the main shape the checker reads in the edit and the
+  twin's (in px of the 64 px reference canvas); "kept" when at most 3 px;
+- reconstruction PSNR of the method's reconstruction against the source.
+A method is METHOD[:INVERSION]: p2p (Prompt-to-Prompt replace), null-finetune, learned-embedding with
+an inversion of null-text (default), negative-prompt, direct or ddim; imagic takes none. --run-args
+passes further editing.run options to every method (e.g. fewer optimisation steps for the slow ones).
+
+Examples (the embedded default model):
   python -m benchmarks.quality --n 100 --out out/quality
+  python -m benchmarks.quality --parts edits --n 20 --methods p2p p2p:negative-prompt p2p:direct \\
+      null-finetune --out out/quality-p2p
+  python -m benchmarks.quality --parts edits --n 5 --steps 25 --methods learned-embedding imagic \\
+      --run-args="--embed-steps 100 --unet-steps 100" --out out/quality-slow
+  python -m benchmarks.quality --parts reconstruction --images my-photos/ --out out/recon
+  python -m benchmarks.quality pie --help        (the PIE-Bench runner)
 
-Writes quality.json, quality.md and examples.png (source | ground truth | reconstruction | edit).
+Writes quality.json, quality.md, reconstruction.png (photo | VAE | each inversion), examples.png
+(source | ground truth | reconstruction | edit, a few scenes per method) and edits/<method>/<scene>/
+(editing.run's files of every edit).
+Exit codes: 0 done, 2 bad input or usage (one `error:` line), 1 a failure inside the run.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from attention.controllers import P2PConfig
+from benchmarks.edit_runs import BatchedInversions, edit_args, method_label, method_name, parse_method, \
+    split_run_args
+from benchmarks.metrics import PSNR_CAP_DB, masked_psnr, ssim
 from editing.cli import EXIT_OK, Parser, run_main, write_json
 from editing.errors import UserError
-from editing.image_io import image_grid, save_image
-from editing.model import load_model
-from editing.p2p import edit_p2p
-from inversion.invert import InversionConfig, invert, psnr
+from editing.image_io import image_grid, load_image, read_image, save_image
+from editing.model import DEFAULT_MODEL_DIR, load_model
+from editing.run import run_edit
+from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, psnr, reconstruct
 from inversion.null_text import NullTextConfig
-from inversion.record import METHODS
+from inversion.record import METHODS as INVERSIONS
 
 SEED = 1234  # the scenes of the benchmark: fixed, so figures from different runs compare
 CHANGED_DILATION = 1  # pixels around the ground-truth change that count as changed (antialiased edges)
-EXAMPLES = 8  # rows in examples.png
-
-
-def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR over the pixels where mask (H, W) is true."""
-    if not mask.any():
-        return float("nan")
-    diff = a.astype(np.float64)[mask] - b.astype(np.float64)[mask]
-    mse = np.mean(diff ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+LAYOUT_TOLERANCE_PX = 3.0  # reference px (of 64): the checker reads a clean render's centre within ~1 px
+EXAMPLES = 8  # scenes per method in examples.png
+PARTS = ("reconstruction", "edits")
+# The default photos of the reconstruction part: scikit-image's loader name and a caption of the photo.
+DEFAULT_PHOTOS = (("chelsea", "a photo of a cat"), ("astronaut", "an astronaut in a white suit"),
+                  ("coffee", "a cup of coffee on a saucer"), ("rocket", "a rocket on a launch pad"))
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 def unchanged_region(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
@@ -55,19 +79,44 @@ def unchanged_region(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
     return cv2.dilate(changed, kernel) == 0
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m benchmarks.quality", description=__doc__,
                formatter_class=lambda prog: __import__("argparse").RawDescriptionHelpFormatter(prog, width=100))
     p.add_argument("--model", default=None, help="model spec (default: the embedded default model)")
-    p.add_argument("--n", type=int, default=100, help="number of scenes (default 100)")
-    p.add_argument("--inversion", nargs="+", default=["null-text"], choices=METHODS,
-                   help="inversion methods to compare (default null-text)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5)")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to run (default both)")
+    p.add_argument("--n", type=int, default=100, help="edits: number of toy-world scenes (default 100)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD[:INVERSION]",
+                   help="edits: methods to compare (default p2p, i.e. p2p:null-text)")
+    p.add_argument("--inversion", nargs="+", default=None, choices=INVERSIONS,
+                   help="edits: shorthand for --methods p2p:INVERSION ... (the suite's first interface)")
+    p.add_argument("--run-args", default="", metavar='"FLAGS"',
+                   help='further editing.run options for every method, e.g. --run-args="--embed-steps 100"')
+    p.add_argument("--cross-replace", default="0.8", help="P2P cross-attention steps (0.8)")
+    p.add_argument("--self-replace", default="0.4", help="P2P self-attention steps (0.4)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="reconstruction: a folder of photos (captions in NAME.txt); default: "
+                        + ", ".join(n for n, _ in DEFAULT_PHOTOS))
+    p.add_argument("--recon-inversions", nargs="+", default=list(INVERSIONS), choices=INVERSIONS,
+                   help="reconstruction: inversions to compare (default all four)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help=f"guidance scale (default {DEFAULT_GUIDANCE})")
     p.add_argument("--inner-steps", type=int, default=NullTextConfig.inner_steps, help="NTI inner steps (10)")
-    p.add_argument("--cross-replace", type=float, default=0.8, help="P2P cross-attention steps (0.8)")
-    p.add_argument("--self-replace", type=float, default=0.4, help="P2P self-attention steps (0.4)")
-    p.add_argument("--batch-size", type=int, default=25, help="images inverted together (default 25)")
+    p.add_argument("--batch-size", type=int, default=25, help="photos inverted together (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="editing.run's --seed (default 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--out", default="out/quality", help="output folder")
@@ -76,82 +125,218 @@ def build_parser() -> Parser:
     return p
 
 
-def evaluate(model, pairs: list[dict], method: str, args) -> tuple[dict, list]:
+def check_args(args) -> list[tuple[str, str | None]]:
+    """Validate the options; return the edit methods as (method, inversion) pairs."""
+    if args.n < 1 or args.steps < 1 or args.batch_size < 1 or args.inner_steps < 1:
+        raise UserError("--n, --steps, --inner-steps and --batch-size must be at least 1")
+    if args.methods and args.inversion:
+        raise UserError("give --methods p2p:INVERSION ... or --inversion INVERSION ..., not both")
+    specs = args.methods or [f"p2p:{i}" for i in (args.inversion or ["null-text"])]
+    methods = list(dict.fromkeys(parse_method(s) for s in specs))  # in order, without repeats
+    for method, inversion in methods:  # editing.run refuses bad options now, not after an hour of edits
+        edit_args(method, inversion, "check", "a red circle on a gray background",
+                  "a blue circle on a gray background", edit_options(args))
+    return methods
+
+
+def edit_options(args) -> list[str]:
+    """The editing.run flags every edit of this run gets."""
+    return ["--steps", str(args.steps), "--guidance", str(args.guidance), "--inner-steps", str(args.inner_steps),
+            "--seed", str(args.seed), "--dtype", args.dtype, "--edit", "replace",
+            "--cross-replace", str(args.cross_replace), "--self-replace", str(args.self_replace),
+            *split_run_args(args.run_args)]
+
+
+def load_photos(folder: str | None, size: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """(names, photos (B, size, size, 3) uint8, captions) of the reconstruction part."""
+    if folder is None:
+        import skimage.data
+
+        photos = [load_photo_array(getattr(skimage.data, name)(), size) for name, _ in DEFAULT_PHOTOS]
+        return [n for n, _ in DEFAULT_PHOTOS], np.stack(photos), [c for _, c in DEFAULT_PHOTOS]
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"--images {folder}: not a folder; give a folder of photos ({', '.join(PHOTO_SUFFIXES)})")
+    files = sorted(f for f in root.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
+    if not files:
+        raise UserError(f"--images {folder}: no photos ({', '.join(PHOTO_SUFFIXES)}) in it")
+    captions = [f.with_suffix(".txt").read_text().strip() if f.with_suffix(".txt").is_file() else "" for f in files]
+    return [f.name for f in files], np.stack([load_image(f, size) for f in files]), captions
+
+
+def load_photo_array(rgb: np.ndarray, size: int) -> np.ndarray:
+    from editing.image_io import prepare_image
+
+    return prepare_image(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, -1), size)
+
+
+def reconstruction_benchmark(model, names, photos, captions, args) -> tuple[list[dict], list[np.ndarray]]:
+    """Per inversion: mean and per-photo PSNR / SSIM of the reconstruction, and its time; plus the grid
+    rows (photo | VAE round trip | each inversion's reconstruction)."""
     from tqdm.auto import tqdm
 
-    from toyworld.checker import check
+    vae = model.decode_latents(model.encode_images(photos))
+    outputs = {"vae round trip (ceiling)": (vae, 0.0)}
+    for inversion in tqdm(args.recon_inversions, desc="reconstruction", disable=args.quiet):
+        config = InversionConfig(method=inversion, steps=args.steps, guidance=args.guidance,
+                                 null_text=NullTextConfig(inner_steps=args.inner_steps))
+        start, images = time.perf_counter(), []
+        for first in range(0, len(photos), args.batch_size):
+            records = invert(model, photos[first:first + args.batch_size], captions[first:first + args.batch_size],
+                             config, disable=True)
+            images.append(reconstruct(model, records, disable=True))
+        outputs[inversion] = (np.concatenate(images), time.perf_counter() - start)
+    results = []
+    for name, (images, seconds) in outputs.items():
+        per_photo = {n: {"psnr_db": min(psnr(r, p), PSNR_CAP_DB), "ssim": ssim(r, p)}
+                     for n, r, p in zip(names, images, photos)}
+        results.append({"inversion": name, "psnr_db": float(np.mean([v["psnr_db"] for v in per_photo.values()])),
+                        "ssim": float(np.mean([v["ssim"] for v in per_photo.values()])),
+                        "seconds": round(seconds, 1), "per_photo": per_photo})
+    rows = [image for b in range(len(photos)) for image in (photos[b], *(o[0][b] for o in outputs.values()))]
+    return results, rows
 
-    config = InversionConfig(method=method, steps=args.steps, guidance=args.guidance,
-                             null_text=NullTextConfig(inner_steps=args.inner_steps))
-    p2p = P2PConfig(edit="replace", cross_replace=args.cross_replace, self_replace=args.self_replace)
-    rows, examples = [], []
-    start = time.perf_counter()
-    for first in tqdm(range(0, len(pairs), args.batch_size), desc=f"{method}: invert + edit",
-                      disable=args.quiet):
-        batch = pairs[first:first + args.batch_size]
-        records = invert(model, np.stack([p["image"] for p in batch]), [p["caption"] for p in batch], config,
-                         disable=True)
-        for pair, record in zip(batch, records):
-            result = edit_p2p(model, record, [pair["edited_caption"]], p2p, disable=True)
-            edit = result.edits[0]
-            hits = check(edit, pair["edited_scene"])
-            keep = unchanged_region(pair["image"], pair["edited_image"])
-            rows.append({"attribute": pair["attribute"], "all": all(hits.values()), **hits,
-                         "edit_psnr": psnr(edit, pair["edited_image"]),
-                         "unchanged_psnr": masked_psnr(edit, pair["image"], keep),
-                         "reconstruction_psnr": psnr(result.reconstruction, pair["image"])})
-            if len(examples) < EXAMPLES:
-                examples.append((pair, result))
-    elapsed = time.perf_counter() - start
-    summary = {"method": f"{method} + P2P replace", "scenes": len(rows), "seconds": round(elapsed, 1),
+
+def score_edit(pair: dict, edit: np.ndarray, reconstruction: np.ndarray) -> dict:
+    """The toy-world metrics of one edit against its ground truth."""
+    from toyworld.checker import check, read_scene
+
+    reading = read_scene(edit)
+    hits = check(reading, pair["edited_scene"])
+    truth = pair["edited_scene"].main
+    blob = reading["shapes"][0] if reading["shapes"] else None  # one-shape scenes: the main shape
+    shift = None if blob is None else float(np.hypot(blob["x"] - truth.x, blob["y"] - truth.y))
+    keep = unchanged_region(pair["image"], pair["edited_image"])
+    return {"attribute": pair["attribute"], "all": all(hits.values()), **hits,
+            "edit_psnr": min(psnr(edit, pair["edited_image"]), PSNR_CAP_DB),
+            "edit_ssim": ssim(edit, pair["edited_image"]),
+            "unchanged_psnr": min(masked_psnr(edit, pair["edited_image"], keep), PSNR_CAP_DB),
+            "layout_shift_px": shift,
+            "reconstruction_psnr": min(psnr(reconstruction, pair["image"]), PSNR_CAP_DB)}
+
+
+def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None, args,
+                    out: Path) -> tuple[dict, list]:
+    """Edit every scene with one method; its summary and the examples' images."""
+    from tqdm.auto import tqdm
+
+    label = method_label(method, inversion, p2p_edit="replace")
+    inverter = BatchedInversions([p["image"] for p in pairs], [p["caption"] for p in pairs], args.batch_size)
+    folder = out / "edits" / method_name(method, inversion).replace(":", "-")
+    rows, examples, start = [], [], time.perf_counter()
+    for k, pair in enumerate(tqdm(pairs, desc=label, disable=args.quiet)):
+        run_args = edit_args(method, inversion, f"toyworld scene {k} (seed {SEED})", pair["caption"],
+                             pair["edited_caption"], edit_options(args))
+        summary = run_edit(model, pair["image"], run_args, folder / f"{k:03d}", invert_source=inverter)
+        edit = read_image(folder / f"{k:03d}" / summary["outputs"]["edit"][0])
+        reconstruction = read_image(folder / f"{k:03d}" / summary["outputs"]["reconstruction"])
+        rows.append(score_edit(pair, edit, reconstruction))
+        if len(examples) < EXAMPLES:
+            examples += [pair["image"], pair["edited_image"], reconstruction, edit]
+    shifts = [r["layout_shift_px"] for r in rows if r["layout_shift_px"] is not None]
+    summary = {"method": label, "spec": method_name(method, inversion), "scenes": len(rows),
+               "seconds": round(time.perf_counter() - start, 1),
                "edit_accuracy": float(np.mean([r["all"] for r in rows])),
                "per_attribute_read": {k: float(np.mean([r[k] for r in rows])) for k in ("background", "colour", "shape")},
                "accuracy_by_edit": {a: float(np.mean([r["all"] for r in rows if r["attribute"] == a]))
                                     for a in sorted({r["attribute"] for r in rows})},
+               "edits_by_kind": {a: sum(r["attribute"] == a for r in rows) for a in sorted({r["attribute"] for r in rows})},
                "edit_psnr_db": float(np.mean([r["edit_psnr"] for r in rows])),
-               "unchanged_psnr_db": float(np.nanmean([min(r["unchanged_psnr"], 100.0) for r in rows])),
-               "reconstruction_psnr_db": float(np.mean([min(r["reconstruction_psnr"], 100.0) for r in rows]))}
+               "edit_ssim": float(np.mean([r["edit_ssim"] for r in rows])),
+               "unchanged_psnr_db": float(np.nanmean([r["unchanged_psnr"] for r in rows])),
+               "layout_kept": float(np.mean([s is not None and s <= LAYOUT_TOLERANCE_PX
+                                             for s in (r["layout_shift_px"] for r in rows)])),
+               "layout_shift_px_median": float(np.median(shifts)) if shifts else None,
+               "reconstruction_psnr_db": float(np.mean([r["reconstruction_psnr"] for r in rows])),
+               "per_scene": rows}
     return summary, examples
 
 
-def markdown(results: list[dict], header: dict) -> str:
-    lines = [f"# Toy-world edit benchmark", "",
-             f"model `{header['model']}` ({header['fingerprint']}), {header['scenes']} scenes (seed {SEED}), "
-             f"{header['steps']} steps, guidance {header['guidance']}, device {header['device']}", "",
-             "| method | edit accuracy | colour / shape / background edits | edit PSNR vs truth (dB) "
-             "| unchanged region PSNR (dB) | reconstruction PSNR (dB) | time (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results:
-        by_edit = " / ".join(f"{r['accuracy_by_edit'].get(a, float('nan')):.2f}"
-                             for a in ("colour", "shape", "background"))
-        lines.append(f"| {r['method']} | {r['edit_accuracy']:.3f} | {by_edit} | {r['edit_psnr_db']:.2f} "
-                     f"| {r['unchanged_psnr_db']:.2f} | {r['reconstruction_psnr_db']:.2f} | {r['seconds']} |")
+def model_provenance(model) -> dict | None:
+    """The training record of the embedded default model (which model the figures come from)."""
+    record = DEFAULT_MODEL_DIR / "training.json"
+    if model.name != "default" or not record.is_file():
+        return None
+    training = json.loads(record.read_text())
+    return {"training_record": "toyworld/model/training.json", "command": training.get("command"),
+            "steps": training.get("steps"), "attribute_accuracy": training.get("attribute_accuracy"),
+            "vae_psnr_db_heldout": training.get("vae_psnr_db_heldout")}
+
+
+def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] | None) -> str:
+    lines = ["# Quality benchmark", "",
+             f"model `{header['model']}` ({header['fingerprint']}), {header['steps']} steps, guidance "
+             f"{header['guidance']}, NTI inner steps {header['inner_steps']}, device {header['device']}, "
+             f"{header['date']}"]
+    if header.get("training"):
+        t = header["training"]
+        acc = t["attribute_accuracy"] or {}
+        read = ", ".join(f"{k} {acc[k]:.2f}" for k in ("background", "colour", "shape") if k in acc)
+        lines += ["", f"default model: {t['training_record']}, trained by `{t['command']}`; text-to-image "
+                      f"attribute accuracy {acc.get('all', float('nan')):.2f} ({read})"]
+    if reconstruction is not None:
+        photos = list(reconstruction[0]["per_photo"])
+        lines += ["", f"## Reconstruction ({len(photos)} photos at {header['resolution']} px)", "",
+                  "| inversion | PSNR (dB) | SSIM | " + " | ".join(f"{p} PSNR / SSIM" for p in photos) + " | time (s) |",
+                  "|---" * (len(photos) + 4) + "|"]
+        for r in reconstruction:
+            cells = " | ".join(f"{v['psnr_db']:.2f} / {v['ssim']:.3f}" for v in r["per_photo"].values())
+            lines.append(f"| {r['inversion']} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {cells} | {r['seconds']} |")
+    if edits is not None:
+        lines += ["", f"## Toy-world edits ({header['scenes']} scenes, seed {SEED})", "",
+                  "| method | edit accuracy | colour / shape / background edits | edit PSNR vs truth (dB) "
+                  "| edit SSIM | unchanged region PSNR (dB) | layout kept | reconstruction PSNR (dB) | time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in edits:
+            by_edit = " / ".join(f"{r['accuracy_by_edit'][a]:.2f}" if a in r["accuracy_by_edit"] else "-"
+                                 for a in ("colour", "shape", "background"))
+            lines.append(f"| {r['method']} | {r['edit_accuracy']:.3f} | {by_edit} | {r['edit_psnr_db']:.2f} "
+                         f"| {r['edit_ssim']:.3f} | {r['unchanged_psnr_db']:.2f} | {r['layout_kept']:.2f} "
+                         f"| {r['reconstruction_psnr_db']:.2f} | {r['seconds']} |")
+        lines += ["", f"Layout kept: the checker reads the main shape's centre within {LAYOUT_TOLERANCE_PX:g} px "
+                      "(of 64) of the ground truth's. PSNRs are capped at 100 dB (identical pixels)."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toyworld.world import edit_pairs
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pie"]:
+        from benchmarks.pie import main as pie_main
 
+        return pie_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.n < 1 or args.steps < 1 or args.batch_size < 1:
-        raise UserError("--n, --steps and --batch-size must be at least 1")
+    methods = check_args(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    pairs = edit_pairs(SEED, args.n, size=model.resolution)
     out = Path(args.out)
-    header = {"model": model.name, "fingerprint": model.fingerprint, "scenes": args.n, "steps": args.steps,
-              "guidance": args.guidance, "device": str(model.device), "dtype": args.dtype,
-              "date": time.strftime("%Y-%m-%d")}
-    results, grid_rows = [], []
-    for method in args.inversion:
-        summary, examples = evaluate(model, pairs, method, args)
-        results.append(summary)
-        for pair, result in examples:
-            grid_rows += [pair["image"], pair["edited_image"], result.reconstruction, result.edits[0]]
-    write_json(out / "quality.json", {**header, "results": results})
-    (out / "quality.md").write_text(markdown(results, header))
-    captions = ["source", "truth", "reconstruction", "edit"] * (len(grid_rows) // 4)
-    save_image(out / "examples.png", image_grid(grid_rows, captions, cols=4))
-    print(markdown(results, header))
+    header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(model),
+              "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance,
+              "inner_steps": args.inner_steps, "device": str(model.device), "dtype": args.dtype,
+              "date": time.strftime("%Y-%m-%d"), "command": "python -m benchmarks.quality " + " ".join(argv)}
+    report, reconstruction, edits = dict(header), None, None
+    if "reconstruction" in args.parts:
+        names, photos, captions = load_photos(args.images, model.resolution)
+        reconstruction, rows = reconstruction_benchmark(model, names, photos, captions, args)
+        report["reconstruction"] = {"photos": dict(zip(names, captions)), "results": reconstruction}
+        columns = 1 + len(reconstruction)
+        save_image(out / "reconstruction.png",
+                   image_grid(rows, (["photo"] + [r["inversion"].split(" ")[0] for r in reconstruction]) * len(names),
+                              cols=columns))
+    if "edits" in args.parts:
+        from toyworld.world import edit_pairs
+
+        pairs = edit_pairs(SEED, args.n, size=model.resolution)
+        edits, grid = [], []
+        for method, inversion in methods:
+            summary, examples = evaluate_method(model, pairs, method, inversion, args, out)
+            edits.append(summary)
+            grid += examples
+        report.update(scenes=args.n, results=edits)
+        save_image(out / "examples.png", image_grid(grid, ["source", "truth", "reconstruction", "edit"] * (len(grid) // 4),
+                                                    cols=4))
+    write_json(out / "quality.json", report)
+    text = markdown(header | {"scenes": args.n}, reconstruction, edits)
+    write_text(out / "quality.md", text)
+    print(text)
     return EXIT_OK
 
 

@@ -1,10 +1,15 @@
-"""The toy-world edit benchmark runs end to end and its metrics mean what they say."""
+"""The quality suite (reconstruction, toy-world edits, the PIE-Bench runner) runs end to end and its
+metrics mean what they say."""
 import json
 
 import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
 
+from benchmarks.metrics import decode_pie_mask, encode_pie_mask, region_metrics, ssim
 from benchmarks.quality import main, masked_psnr, unchanged_region
 from editing.cli import run_main
+from editing.image_io import read_image, save_image
 from toyworld.world import edit_pairs
 
 
@@ -38,3 +43,223 @@ def test_benchmark_writes_its_files(tmp_path):
     assert np.isfinite(result["edit_psnr_db"]) and np.isfinite(result["reconstruction_psnr_db"])
     assert "direct + P2P replace" in (tmp_path / "quality.md").read_text()
     assert (tmp_path / "examples.png").stat().st_size > 0
+
+
+# --- the extended suite: SSIM, reconstruction, every editing method, the PIE-Bench runner -------------------
+
+# Tiny settings that exercise every code path of the default model on the CPU in seconds, not quality.
+TINY = ["--steps", "3", "--inner-steps", "2"]
+TINY_RUN_ARGS = "--embed-steps 2 --unet-steps 2 --finetune-steps 1 --finetune-inner 1"
+
+
+def wang_ssim(a, b, data_range, channel_axis=None):
+    """skimage's SSIM set up as Wang et al. 2004 (their Gaussian window, population covariances)."""
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=data_range, channel_axis=channel_axis)
+
+
+def test_ssim_matches_skimage(photos):
+    rng = np.random.default_rng(0)
+    for a in photos:
+        b = np.clip(a + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)
+        assert abs(ssim(a, b) - wang_ssim(a, b, 255, channel_axis=-1)) < 1e-3  # per-channel mean
+        grey_a, grey_b = a.mean(-1), b.mean(-1)
+        assert abs(ssim(grey_a, grey_b) - wang_ssim(grey_a, grey_b, 255)) < 1e-3
+        scaled_a, scaled_b = a / 255.0, b / 255.0  # PIE-Bench's [0, 1] images
+        assert abs(ssim(scaled_a, scaled_b, data_range=1.0) - wang_ssim(scaled_a, scaled_b, 1.0, channel_axis=-1)) < 1e-3
+    assert ssim(photos[0], photos[0]) == pytest.approx(1.0)
+
+
+def test_pie_mask_decode_on_a_hand_made_example():
+    # [start, length] pairs over the row-major 512 x 512 mask, starts from 0, as PIE-Bench stores them
+    rle = [5 * 512 + 10, 4,  # row 5, columns 10..13
+           7 * 512 + 510, 4,  # row 7, columns 510..511, then wraps to row 8, columns 0..1
+           512 * 512 - 3, 100]  # the last three pixels; the run is cut at the end
+    expected = np.zeros((512, 512), bool)
+    expected[5, 10:14] = True
+    expected[7, 510:] = expected[8, :2] = True
+    expected[-1, -3:] = True
+    expected[0, :] = expected[-1, :] = expected[:, 0] = expected[:, -1] = True  # PIE-Bench marks the border edited
+    assert (decode_pie_mask(rle) == expected).all()
+    assert not decode_pie_mask(rle)[5, 14] and not decode_pie_mask(rle)[6, 10]
+
+
+def test_pie_mask_encode_round_trip():
+    mask = np.zeros((512, 512), bool)
+    mask[100:200, 50:300] = True
+    mask[1:3, 1:511] = True
+    rle = encode_pie_mask(mask)
+    assert rle[:2] == [1 * 512 + 1, 510]
+    border = decode_pie_mask([])
+    assert (decode_pie_mask(rle) == (mask | border)).all()
+
+
+def test_region_metrics_are_pie_bench_s_masked_products():
+    rng = np.random.default_rng(1)
+    source = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    edit = source.copy()
+    edit[8:16, 8:16] = 255 - edit[8:16, 8:16]  # change only inside the mask
+    mask = np.zeros((32, 32), bool)
+    mask[8:16, 8:16] = True
+    outside, inside = region_metrics(source, edit, ~mask), region_metrics(source, edit, mask)
+    assert outside == {"psnr_db": 100.0, "mse": 0.0, "ssim": pytest.approx(1.0)}
+    expected_mse = np.mean(((source / 255.0 - edit / 255.0) * mask[..., None]) ** 2)  # zeros outside count
+    assert inside["mse"] == pytest.approx(expected_mse)
+    assert inside["psnr_db"] == pytest.approx(10 * np.log10(1 / expected_mse))
+    assert region_metrics(source, edit, np.zeros((32, 32), bool))["psnr_db"] is None
+
+
+def test_default_model_reconstruction_and_every_method(tmp_path):
+    methods = ["p2p:negative-prompt", "null-finetune", "learned-embedding", "imagic"]
+    code = run_main(main, [*TINY, "--n", "2", "--batch-size", "2", "--methods", *methods,
+                           "--run-args", TINY_RUN_ARGS, "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert report["model"] == "default" and report["training"]["training_record"] == "toyworld/model/training.json"
+    recon = {r["inversion"]: r for r in report["reconstruction"]["results"]}
+    assert set(recon) == {"vae round trip (ceiling)", "null-text", "negative-prompt", "direct", "ddim"}
+    assert list(report["reconstruction"]["photos"]) == ["chelsea", "astronaut", "coffee", "rocket"]
+    for r in recon.values():
+        assert np.isfinite(r["psnr_db"]) and -1 <= r["ssim"] <= 1 and len(r["per_photo"]) == 4
+    # DirectInversion pins the source branch to the inversion: it gives back the VAE round trip exactly
+    assert recon["direct"]["psnr_db"] == pytest.approx(recon["vae round trip (ceiling)"]["psnr_db"], abs=0.05)
+    assert [r["spec"] for r in report["results"]] == ["p2p:negative-prompt", "null-finetune:null-text",
+                                                      "learned-embedding:null-text", "imagic"]
+    for r in report["results"]:
+        assert r["scenes"] == 2 and 0 <= r["edit_accuracy"] <= 1 and 0 <= r["layout_kept"] <= 1
+        assert np.isfinite(r["edit_psnr_db"]) and np.isfinite(r["unchanged_psnr_db"])
+        assert (tmp_path / "edits" / r["spec"].replace(":", "-") / "001" / "edit.png").is_file()
+    text = (tmp_path / "quality.md").read_text()
+    assert "negative-prompt + P2P replace" in text and "## Reconstruction" in text and "imagic" in text
+    assert (tmp_path / "examples.png").stat().st_size > 0 and (tmp_path / "reconstruction.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "imagic:ddim"], "takes no inversion"),
+    (["--methods", "null-finetune:direct"], "null-finetune needs"),
+    (["--methods", "p2p:sideways"], "unknown inversion"),
+    (["--methods", "p2p", "--inversion", "ddim"], "not both"),
+    (["--run-args=--no-such-flag 1"], "unrecognized arguments"),
+])
+def test_bad_methods_exit_2_before_any_work(argv, message, tmp_path, capsys):
+    assert run_main(main, [*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, example", [([], "python -m benchmarks.quality --n 100"),
+                                           (["pie"], "python -m benchmarks.quality pie --data")])
+def test_help_has_a_worked_example(argv, example, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0 and example in capsys.readouterr().out
+
+
+def make_pie_sample(root, size=128):
+    """Two toy-world photos in the PIE-Bench layout, with their shapes as RLE masks at 512 x 512."""
+    from toyworld.world import edit_pairs, render, shape_coverage
+
+    mapping = {}
+    for k, pair in enumerate(edit_pairs(5, 8, attributes=("colour",))[:2]):
+        key = f"00000000000{k}"
+        path = f"0_random_140/{key}.png"
+        save_image(root / "annotation_images" / path, render(pair["scene"], size))
+        mask = shape_coverage(pair["scene"], pair["index"], 512) > 0
+        old, new = pair["scene"].main.colour, pair["edited_scene"].main.colour
+        mapping[key] = {"image_path": path, "original_prompt": pair["caption"].replace(old, f"[{old}]", 1),
+                        "editing_prompt": pair["edited_caption"].replace(new, f"[{new}]", 1),
+                        "editing_instruction": f"Make the shape {new}", "blended_word": f"{old} {new}",
+                        "mask": encode_pie_mask(mask), "editing_type_id": "0"}
+    (root / "mapping_file.json").write_text(json.dumps(mapping))
+    return mapping
+
+
+def test_pie_runner_on_a_two_entry_sample(tmp_path):
+    from benchmarks.pie import mask_at
+
+    data, out = tmp_path / "pie-data", tmp_path / "out"
+    mapping = make_pie_sample(data)
+    code = run_main(main, ["pie", "--data", str(data), "--methods", "p2p", "p2p:direct", *TINY,
+                           "--out", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "pie.json").read_text())
+    assert [r["spec"] for r in report["results"]] == ["p2p:null-text", "p2p:direct"]
+    for result in report["results"]:
+        assert result["average"]["entries"] == 2 and result["average"]["failed"] == 0
+        assert [row["id"] for row in result["entries"]] == list(mapping)
+        for row in result["entries"]:
+            for region in ("unedited", "edited"):
+                assert set(row[region]) == {"psnr_db", "mse", "ssim"}
+                assert all(np.isfinite(v) for v in row[region].values())
+            assert "clip_whole" not in row and "dino_similarity" not in row
+    # the unedited-region figures are PIE-Bench's: the products with (1 - mask) at the model's resolution
+    row = report["results"][1]["entries"][0]
+    key = row["id"]
+    folder = out / "edits" / "p2p-direct" / key
+    source, edit = read_image(folder / "source.png"), read_image(folder / "edit.png")
+    mask = mask_at(decode_pie_mask(mapping[key]["mask"]), (128, 128), 64)
+    assert 0.02 < mask.mean() < 0.5  # the shape, resized with the photo
+    keep = (~mask).astype(float)[..., None]
+    expected = np.mean(((source / 255.0 - edit / 255.0) * keep) ** 2)
+    assert row["unedited"]["mse"] == pytest.approx(expected)
+    assert json.loads((folder / "summary.json").read_text())["source_prompt"] == mapping[key]["original_prompt"] \
+        .replace("[", "").replace("]", "")
+    text = (out / "pie.md").read_text()
+    assert "CLIP scores skipped" in text and "DINO similarity skipped" in text and key in text
+
+
+def test_pie_runner_refuses_a_folder_without_the_mapping_file(tmp_path, capsys):
+    assert run_main(main, ["pie", "--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "mapping_file.json" in capsys.readouterr().err
+
+
+def test_clip_and_dino_scores_from_local_folders(tmp_path):
+    """CLIP / DINO scoring through transformers' offline loaders, on tiny random models saved here."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, ViTConfig, \
+        ViTImageProcessor, ViTModel
+
+    from benchmarks.pie import ClipScore, DinoSimilarity, score_entry
+    from editing.model import TOKENIZER_DIR
+
+    torch.manual_seed(0)
+    tiny = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    CLIPModel(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 32, "patch_size": 8},
+                         projection_dim=16)).save_pretrained(tmp_path / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR)).save_pretrained(tmp_path / "clip")
+    ViTModel(ViTConfig(**tiny, image_size=32, patch_size=8)).save_pretrained(tmp_path / "dino")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "dino")
+    clip = ClipScore(str(tmp_path / "clip"), torch.device("cpu"))
+    dino = DinoSimilarity(str(tmp_path / "dino"), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    source, edit = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    row = score_entry(source, edit, mask, "a blue circle", clip, dino)
+    assert 0 <= row["clip_whole"] <= 100 and 0 <= row["clip_edited"] <= 100
+    assert -1 <= row["dino_similarity"] <= 1 and dino(source, source) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_missing_clip_folder_is_a_usage_error(tmp_path):
+    from benchmarks.pie import load_local
+    from editing.errors import UserError
+    from transformers import CLIPModel
+
+    with pytest.raises(UserError, match="nothing is downloaded"):
+        load_local(CLIPModel, str(tmp_path / "no-such-folder"), "--clip")
+
+
+def test_pie_entry_whose_edit_is_refused_is_reported_not_averaged(tmp_path):
+    data, out = tmp_path / "pie-data", tmp_path / "out"
+    mapping = make_pie_sample(data)
+    first = next(iter(mapping))
+    mapping[first]["blended_word"] = "zebra giraffe"  # words neither prompt has: P2P's local blend refuses them
+    (data / "mapping_file.json").write_text(json.dumps(mapping))
+    assert run_main(main, ["pie", "--data", str(data), "--methods", "p2p:ddim", "--steps", "2",
+                           "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "pie.json").read_text())["results"][0]
+    assert result["average"]["entries"] == 1 and result["average"]["failed"] == 1
+    assert "zebra" in result["entries"][0]["error"] and "error" not in result["entries"][1]
+    assert "error: " in (out / "pie.md").read_text()
