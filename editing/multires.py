@@ -52,8 +52,7 @@ from editing.embedding import EmbeddingConfig, optimise_embedding
 from editing.errors import UserError
 from editing.image_io import Crop, image_grid, prepare_image, read_image, save_image
 from editing.model import DTYPES, load_model
-from editing.multires_prompt import METHODS, Piece, PseudoWord, check_names, parse_prompt, render, with_method, \
-    words
+from editing.multires_prompt import METHODS, NAME, Piece, PseudoWord, check_names, parse_prompt, with_method, words
 from editing.sampling import Conditioning, sample
 from inversion.ddim import DDIMSchedule
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -469,10 +468,12 @@ def build_parser() -> Parser:
                                             "--steps 600 --out concepts/")
     train.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders of them")
     train.add_argument("--name", required=True, help="the concept's name, used as <name...> in prompts")
-    train.add_argument("--init-word", required=True, help="a one-token word close to the concept: every row starts at it")
+    train.add_argument("--init-word", required=True,
+                       help="a one-token word close to the concept: every row starts at it")
     train.add_argument("--scales", type=int, default=DEFAULT_SCALES,
                        help=f"n, the number of resolutions (default {DEFAULT_SCALES}; 1 = textual inversion)")
-    train.add_argument("--steps", type=int, default=DEFAULT_TRAIN_STEPS, help=f"Adam steps (default {DEFAULT_TRAIN_STEPS})")
+    train.add_argument("--steps", type=int, default=DEFAULT_TRAIN_STEPS,
+                       help=f"Adam steps (default {DEFAULT_TRAIN_STEPS})")
     train.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate (default {DEFAULT_LR})")
     train.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"samples per step (default {DEFAULT_BATCH})")
     train.add_argument("--crops", type=int, default=DEFAULT_CROPS,
@@ -544,8 +545,6 @@ def main_train(args) -> int:
 
 
 def check_name(name: str) -> None:
-    from editing.multires_prompt import NAME
-
     if not NAME.fullmatch(name):
         raise UserError(f"--name {name!r} may only hold letters, digits, '_' and '-' (it is written as <{name}> "
                         "in prompts)")

@@ -79,7 +79,8 @@ def test_bad_syntax_points_at_the_token(prompt, token, position, why):
 def test_unknown_concept_names_token_position_and_the_loaded_ones():
     pieces = parse_prompt("a <jane(0.5)> and <bob|0|>")
     check_names(pieces, ["jane", "bob"])
-    with pytest.raises(UserError, match=r"unknown concept 'bob' in '<bob\|0\|>' at character 18 .*loaded concepts: jane"):
+    expected = r"unknown concept 'bob' in '<bob\|0\|>' at character 18 .*loaded concepts: jane"
+    with pytest.raises(UserError, match=expected):
         check_names(pieces, ["jane"])
 
 
