@@ -231,7 +231,7 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
         edit = read_image(folder / f"{k:03d}" / summary["outputs"]["edit"][0])
         reconstruction = read_image(folder / f"{k:03d}" / summary["outputs"]["reconstruction"])
         rows.append(score_edit(pair, edit, reconstruction))
-        if len(examples) < EXAMPLES:
+        if k < EXAMPLES:
             examples += [pair["image"], pair["edited_image"], reconstruction, edit]
     shifts = [r["layout_shift_px"] for r in rows if r["layout_shift_px"] is not None]
     summary = {"method": label, "spec": method_name(method, inversion), "scenes": len(rows),
