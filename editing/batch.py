@@ -130,7 +130,8 @@ class InversionCache:
     """
 
     folder: Path
-    computed: dict[str, float] = field(default_factory=dict)  # fingerprint -> seconds inverting it in this run
+    # fingerprint -> seconds spent inverting it in this run, until the first image edited with it claims it
+    computed: dict[str, float] = field(default_factory=dict)
 
     def key(self, model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
         return combine(fingerprint_parts(image, prompt, model.fingerprint, config.method, config.params()))
@@ -303,10 +304,8 @@ def find_jobs(batch: argparse.Namespace, shared: argparse.Namespace) -> list[Job
     error; an image whose prompts the editor refuses becomes a failed job (the others still run)."""
     if batch.manifest:
         specs = read_manifest(Path(batch.manifest), Path(batch.images) if batch.images else None)
-    elif batch.images:
-        specs = folder_specs(Path(batch.images))
     else:
-        raise UserError("give --images DIR (one edit for every photo in it) or --manifest FILE (see --help)")
+        specs = folder_specs(Path(batch.images))
     jobs = []
     for index, (spec, name) in enumerate(zip(specs, output_names(specs))):
         args = entry_options(shared, spec.options, f"{batch.manifest} entry {spec.name}") if spec.options \
@@ -403,8 +402,10 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
         if debug:
             traceback.print_exc()
         return entry(job, "failed", describe(exc))
-    timings = {"load": round(load_s, 3), "inversion": round(cache.computed.get(key, 0.0), 3), **summary["timings_s"]}
-    inversion = "not needed" if key is None else "computed" if key in cache.computed else "reused"
+    finally:  # the first image to use a fresh inversion is charged with it; later ones reuse it
+        inversion_s = cache.computed.pop(key, None)
+    timings = {"load": round(load_s, 3), "inversion": round(inversion_s or 0.0, 3), **summary["timings_s"]}
+    inversion = "not needed" if key is None else "reused" if inversion_s is None else "computed"
     return {**entry(job, "done", summary=summary, inversion=inversion), "timings_s": timings}
 
 
@@ -491,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     batch, rest = build_parser().parse_known_args(argv)
+    if not (batch.images or batch.manifest):
+        raise UserError("give --images DIR (one edit for every photo in it) or --manifest FILE (see --help)")
     if batch.batch_size is not None and batch.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch.batch_size}")
     shared = shared_options(rest, has_manifest=bool(batch.manifest))
