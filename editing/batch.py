@@ -394,7 +394,7 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
     if job.args.method in run.SOURCE_METHODS:
         key = cache.key(model, image, job.args.source_prompt, run.inversion_config(job.args))
     try:
-        (folder / "summary.json").unlink(missing_ok=True)  # the folder counts as finished only with this edit's
+        (folder / "summary.json").unlink(missing_ok=True)  # else old outputs beside new ones would look finished
         for stale in folder.glob(".*.tmp"):  # what a killed run was writing when it died
             stale.unlink()
         summary = run.run_edit(model, image, job.args, folder, invert_source=cache)
