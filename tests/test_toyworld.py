@@ -260,3 +260,27 @@ def test_checker_sees_edits():
         assert all(res_ed.values())
         assert res_src[{"colour": "colour", "shape": "shape", "background": "background"}[attr]] \
             is False
+
+
+# ------------------------------------------------------ trainer options ---
+
+def test_train_init_from_arguments(tmp_path):
+    """--init-from: continuation settings (the training itself is checked by the smoke run in TRAINING.md)."""
+    import torch
+
+    from toyworld import train
+
+    _, cfg = train.parse_args(["--out", str(tmp_path / "o")])
+    assert cfg.init_from is None and cfg.vae_steps == train.Config().vae_steps
+    _, cfg = train.parse_args(["--out", str(tmp_path / "o"), "--init-from", "toyworld/model", "--unet-steps", "5"])
+    assert cfg.init_from.endswith("toyworld/model") and cfg.vae_steps == 0 and cfg.unet_steps == 5
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path / "o"), "--init-from", str(tmp_path)])  # no unet/
+    # the EMA of a continuation starts at full decay from the loaded weights
+    m = torch.nn.Linear(2, 2)
+    start = m.weight.detach().clone()
+    ema = train.EMA([m], 0.999, warmup=False)
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.shadow[0], start + 0.001, atol=1e-6)

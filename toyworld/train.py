@@ -18,6 +18,11 @@ Stages, all on the CPU, seeded and counted in steps (the same command and thread
    loads through `editing.model.load_model` and `StableDiffusionPipeline.from_pretrained`, score it (VAE
    PSNR on held-out renders; text-to-image attribute accuracy with the checker, DDIM 50 steps, CFG 7.5),
    write `training.json`, then rename the folder to OUT (replacing an older one).
+
+Continuing a run: `--init-from DIR` loads the VAE, UNet and text encoder of a saved model folder (fp16 on disk,
+trained in fp32), keeps the VAE frozen with its scaling factor (stage 2 is skipped), and trains the UNet and
+text encoder `--unet-steps` more steps with the same recipe (a new warm-up + cosine, the EMA starting from the
+loaded weights). `training.json` records the parent's command, steps and figures (`lineage`) and the total steps.
 """
 from __future__ import annotations
 
@@ -83,6 +88,8 @@ class Config:
     # evaluation
     eval_steps: int = 50
     eval_guidance: float = 7.5
+    # continuation: the folder whose VAE, UNet and text encoder this run starts from (None: from scratch)
+    init_from: str | None = None
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -163,18 +170,20 @@ def warmup_cosine(total: int, warmup_frac: float):
 
 
 class EMA:
-    """Exponential moving average of parameters, with the usual warm-up of the decay."""
+    """Exponential moving average of parameters, with the usual warm-up of the decay (skipped with
+    warmup=False, when the starting weights are already an average: a continued run)."""
 
-    def __init__(self, modules: list[torch.nn.Module], decay: float):
+    def __init__(self, modules: list[torch.nn.Module], decay: float, warmup: bool = True):
         self.params = [p for m in modules for p in m.parameters()]
         self.shadow = [p.detach().clone() for p in self.params]
         self.decay = decay
+        self.warmup = warmup
         self.step = 0
 
     @torch.no_grad()
     def update(self) -> None:
         self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        d = min(self.decay, (1 + self.step) / (10 + self.step)) if self.warmup else self.decay
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
 
     @torch.no_grad()
@@ -247,7 +256,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.unet_steps, cfg.warmup_frac))
-    ema = EMA([unet, text_encoder], cfg.ema_decay)
+    ema = EMA([unet, text_encoder], cfg.ema_decay, warmup=cfg.init_from is None)
     unet.train()
     text_encoder.train()
     T = len(alphas_cumprod)
@@ -311,6 +320,11 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer) -> float:
         if key in cfg:
             cfg[key] = "float32"
     te_cfg.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for sub in ("unet", "vae"):  # a continuation's loaded components would record the parent's local path
+        path = folder / sub / "config.json"
+        cfg = json.loads(path.read_text())
+        if cfg.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for f in folder.rglob("*"):  # safetensors are written 0600; the model is shared with the repo
         f.chmod(0o755 if f.is_dir() else 0o644)
     return folder_mb(folder)
@@ -409,6 +423,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--n-eval", type=int, default=d.n_eval, help="held-out captions for the attribute accuracy")
     p.add_argument("--n-eval-vae", type=int, default=d.n_eval_vae, help="held-out renders for the VAE PSNR")
     p.add_argument("--preview", default=None, help="PNG contact sheet of the evaluation images (default: none)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="continue from a saved model folder: its VAE (frozen, not retrained), UNet and text "
+                        "encoder; --unet-steps more steps with a new warm-up + cosine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     for name in ("threads", "n_train", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "n_eval", "n_eval_vae"):
@@ -416,7 +433,42 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     cfg = Config(seed=a.seed, threads=a.threads, n_train=a.n_train, vae_steps=a.vae_steps, vae_batch=a.vae_batch,
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae)
+    if a.init_from is not None:
+        if not (Path(a.init_from) / "unet").is_dir():
+            p.error(f"--init-from {a.init_from}: not a saved model folder (no unet/)")
+        cfg.init_from = str(Path(a.init_from).resolve())
+        cfg.vae_steps = 0  # the VAE is loaded and frozen
     return a, cfg
+
+
+ARCH_KEYS = ("vae_channels", "vae_layers_per_block", "text_hidden", "text_layers", "text_heads",
+             "unet_channels", "unet_heads", "unet_layers_per_block")
+
+
+def load_parent(cfg: Config):
+    """--init-from: the folder's VAE, text encoder and UNet in fp32, and its lineage record (the parent's
+    training.json summary). The architecture fields of cfg are set to the parent's, so training.json is true."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(cfg.init_from)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).float()
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True).float()
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
+    meta_path = folder / "training.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    for key in ARCH_KEYS:
+        if key in meta.get("config", {}):
+            v = meta["config"][key]
+            setattr(cfg, key, tuple(v) if isinstance(v, list) else v)
+    steps = meta.get("steps", {})
+    total = meta.get("total_steps", steps)  # a parent that was itself continued carries its total
+    parent = {"folder": str(folder), "command": meta.get("command"), "steps": steps, "total_steps": total,
+              "attribute_accuracy": meta.get("attribute_accuracy"),
+              "vae_psnr_db_heldout": meta.get("vae_psnr_db_heldout"),
+              "wall_time_s": meta.get("wall_time_s"), "lineage": meta.get("lineage"),
+              "recipe": meta.get("recipe", [meta["command"]] if "command" in meta else [])}
+    return vae, text_encoder, unet, parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,7 +484,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)  # tiny Adam/EMA values must not slow the CPU down late in training
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     times: dict[str, float] = {}
     t_all = time.perf_counter()
     print(f"toyworld.train: out={out} seed={cfg.seed} threads={cfg.threads} "
@@ -447,13 +498,26 @@ def main(argv: list[str] | None = None) -> int:
     times["render"] = time.perf_counter() - t
 
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    vae, text_encoder, unet = build_components(cfg, tokenizer)
+    parent = None
+    if cfg.init_from is None:
+        vae, text_encoder, unet = build_components(cfg, tokenizer)
+    else:
+        vae, text_encoder, unet, parent = load_parent(cfg)
+        print(f"init from {cfg.init_from}: steps so far {parent['total_steps']}; "
+              f"its accuracy {parent['attribute_accuracy']}", flush=True)
+    # the UNet's sample stream; a continuation draws a fresh one (it starts after the parent's steps)
+    start = (parent["total_steps"].get("unet", 0) if parent else 0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + start)
     sizes = {"vae": n_params(vae), "text_encoder": n_params(text_encoder), "unet": n_params(unet)}
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in sizes.items()), flush=True)
 
     # 2. autoencoder
     t = time.perf_counter()
-    vae_stats = train_vae(vae, train, cfg, rng, disable)
+    if parent is None:
+        vae_stats = train_vae(vae, train, cfg, rng, disable)
+    else:
+        vae.requires_grad_(False).eval()
+        vae_stats = None
     times["vae"] = time.perf_counter() - t
 
     # 3. latents and their scale
@@ -465,12 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     vae_psnr_fp32 = float(psnr_db(held_vae.images, rec).mean())
     std, mean = float(latents.std()), float(latents.mean())
-    scaling = 1.0 / std
+    scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)  # a continuation keeps it
     vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
     times["encode"] = time.perf_counter() - t
     print(f"vae: held-out PSNR {vae_psnr_fp32:.2f} dB (fp32, before saving); latents mean {mean:.3f} "
-          f"std {std:.3f} -> scaling_factor {scaling:.4f}", flush=True)
+          f"std {std:.3f} -> scaling_factor {scaling:.4f}{' (kept)' if parent else ''}", flush=True)
 
     # 4. UNet + text encoder
     t = time.perf_counter()
@@ -494,10 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         write_preview(Path(args.preview), ev["_images"])
     times["total"] = time.perf_counter() - t_all
     acc = ev["attribute_accuracy"]
+    command = "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
-        "command": "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
+        # every command from scratch to this model, in order (a continuation's --init-from is the previous --out)
+        "recipe": (parent["recipe"] if parent else []) + [command],
         "config": cfg.to_json(), "seed": cfg.seed, "threads": cfg.threads,
         "steps": {"vae": cfg.vae_steps, "unet": cfg.unet_steps},
+        "total_steps": {"vae": cfg.vae_steps + (parent["total_steps"].get("vae", 0) if parent else 0),
+                        "unet": cfg.unet_steps + start},
+        "lineage": parent,
         "parameters": sizes, "folder_mb": round(size_mb, 2), "weights_dtype_on_disk": "float16",
         "wall_time_s": {k: round(v, 1) for k, v in times.items()},
         "final_losses": {"vae": vae_stats, "unet": unet_stats},
