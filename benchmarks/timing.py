@@ -202,7 +202,7 @@ class Run:
 Runner = Callable[[int, int], tuple[dict, dict]]
 
 
-def measure(runner: Runner, device: torch.device, image: int, repeat: int, name: str) -> Run:
+def measure(runner: Runner, device: torch.device, image: int, repeat: int, image_name: str) -> Run:
     synchronise(device)
     reset_peak(device)
     start = time.perf_counter()
@@ -212,7 +212,7 @@ def measure(runner: Runner, device: torch.device, image: int, repeat: int, name:
     # a runner that does more than its row (the reference's paired project run) reports the row's own figures
     total = extra.pop("total_s", total)
     peak = extra.pop("peak_memory_mb", None)
-    return Run(name, repeat, stages, total, peak_mb(device) if peak is None else peak, extra)
+    return Run(image_name, repeat, stages, total, peak_mb(device) if peak is None else peak, extra)
 
 
 # ---------------------------------------------------------------- the runners
@@ -263,6 +263,9 @@ def edit_runner(method: str, model, images, options, out: Path) -> Runner:
 def multires_runner(model, images, options, out: Path) -> Runner:
     """Learn a concept from the image (preliminary training), sample one image with it (generation).
 
+    The concept is learned from the image alone, without the CLI's random re-croppings: they enlarge the
+    training set, not the cost of a step (a step draws a fixed batch).
+
     Raises ImportError / AttributeError when editing.multires does not offer train_concept and
     sample_prompts: the row is then listed as not available."""
     from editing import multires
@@ -272,7 +275,7 @@ def multires_runner(model, images, options, out: Path) -> Runner:
     given = {"steps": options.multires_train_steps, "scales": options.multires_scales}
     config = TrainConfig(seed=options.seed, **{k: v for k, v in given.items() if v is not None})
     pieces = parse_prompt(MULTIRES_PROMPT)
-    steps = options.steps or _run_default("steps")
+    steps = options.steps if options.steps is not None else _run_default("steps")
     guidance = options.guidance if options.guidance is not None else _run_default("guidance")
 
     def run(k: int, repeat: int):
@@ -281,7 +284,7 @@ def multires_runner(model, images, options, out: Path) -> Runner:
         synchronise(model.device)
         trained = time.perf_counter()
         generator = torch.Generator(device=model.device).manual_seed(options.seed)
-        sampled, _ = sample(model, [pieces], {MULTIRES_CONCEPT: concept}, steps, guidance, generator, disable=True)
+        sample(model, [pieces], {MULTIRES_CONCEPT: concept}, steps, guidance, generator, disable=True)
         synchronise(model.device)
         return {"preliminary_training": trained - start, "editing": None,
                 "generation": time.perf_counter() - trained}, {}
