@@ -15,11 +15,28 @@ import numpy as np
 
 from editing.errors import UserError
 from editing.run import EDIT_METHODS, build_parser, check_args
-from inversion.invert import invert
+from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, invert
+from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
 DEFAULT_INVERSION = "null-text"  # editing.run's --inversion default
 NO_INVERSION = ("imagic",)  # methods that never invert the photo
+
+
+def add_run_options(p: argparse.ArgumentParser, batch_size: int, out: str) -> None:
+    """The sampling, device and output options every quality command shares."""
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help=f"guidance scale (default {DEFAULT_GUIDANCE})")
+    p.add_argument("--inner-steps", type=int, default=NullTextConfig.inner_steps, help="NTI inner steps (10)")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"photos inverted together (default {batch_size})")
+    p.add_argument("--seed", type=int, default=0, help="editing.run's --seed (default 0)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--out", default=out, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:

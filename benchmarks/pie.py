@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.edit_runs import BatchedInversions, edit_args, method_label, method_name, parse_method, \
+from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
 from benchmarks.metrics import decode_pie_mask, region_metrics
 from editing.cli import EXIT_OK, Parser, run_main, write_json
@@ -50,8 +50,7 @@ from editing.errors import UserError
 from editing.image_io import prepare_image, read_image
 from editing.model import load_model
 from editing.run import run_edit
-from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, psnr
-from inversion.null_text import NullTextConfig
+from inversion.invert import psnr
 
 MAPPING_FILE = "mapping_file.json"
 IMAGE_FOLDER = "annotation_images"
@@ -74,17 +73,7 @@ def build_parser() -> Parser:
     p.add_argument("--dino", default=None, metavar="PATH", help="a local DINO (ViT) folder: adds DINO similarity")
     p.add_argument("--run-args", default="", metavar='"FLAGS"',
                    help='further editing.run options for every method, e.g. --run-args="--cross-replace 0.4"')
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"guidance scale (default {DEFAULT_GUIDANCE})")
-    p.add_argument("--inner-steps", type=int, default=NullTextConfig.inner_steps, help="NTI inner steps (10)")
-    p.add_argument("--batch-size", type=int, default=1, help="photos inverted together (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="editing.run's --seed (default 0)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--out", default="out/pie", help="output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_options(p, batch_size=1, out="out/pie")
     return p
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.edit_runs import BatchedInversions, edit_args, method_label, method_name, parse_method, \
+from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
 from benchmarks.metrics import PSNR_CAP_DB, masked_psnr, ssim
 from editing.cli import EXIT_OK, Parser, run_main, write_json
@@ -55,7 +55,7 @@ from editing.errors import UserError
 from editing.image_io import image_grid, load_image, read_image, save_image
 from editing.model import DEFAULT_MODEL_DIR, load_model
 from editing.run import run_edit
-from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, psnr, reconstruct
+from inversion.invert import InversionConfig, invert, psnr, reconstruct
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
@@ -111,17 +111,7 @@ def build_parser() -> Parser:
                         + ", ".join(n for n, _ in DEFAULT_PHOTOS))
     p.add_argument("--recon-inversions", nargs="+", default=list(INVERSIONS), choices=INVERSIONS,
                    help="reconstruction: inversions to compare (default all four)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"guidance scale (default {DEFAULT_GUIDANCE})")
-    p.add_argument("--inner-steps", type=int, default=NullTextConfig.inner_steps, help="NTI inner steps (10)")
-    p.add_argument("--batch-size", type=int, default=25, help="photos inverted together (default 25)")
-    p.add_argument("--seed", type=int, default=0, help="editing.run's --seed (default 0)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--out", default="out/quality", help="output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_options(p, batch_size=25, out="out/quality")
     return p
 
 
