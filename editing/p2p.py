@@ -1,9 +1,9 @@
 """Prompt-to-Prompt editing of an inverted photo (Hertz et al.), on any of the four inversions.
 
 One batch: row 0 is the source prompt, rows 1.. the target prompts. Every row starts from the record's
-x_T and uses the record's unconditional embeddings; the source row gets the record's offsets
-(DirectInversion). The reconstruction is row 0 of this very batch, so it shares the edit's batch layout
-and conditioning exactly (the reference's batch-size-dependent reconstructions, p2p issue #47, cannot
+x_T and uses the record's unconditional embeddings; for a DirectInversion record the source row is held
+on the inversion trajectory. The reconstruction is row 0 of this very batch, so it shares the edit's
+batch layout and conditioning exactly (the reference's batch-size-dependent reconstructions, p2p issue #47, cannot
 happen).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from attention.controllers import P2PConfig, PromptToPrompt
 from editing.sampling import Conditioning, sample
 from inversion.ddim import DDIMSchedule
-from inversion.record import Inversion
+from inversion.record import Inversion, source_anchors
 
 
 @dataclass
@@ -45,7 +45,7 @@ def edit_p2p(model, record: Inversion, targets: list[str], config: P2PConfig = P
     n = 1 + len(targets)
     x_T = record.x_T.to(model.device)[None].expand(n, *record.x_T.shape)
     x0 = sample(model, x_T, edit_conditioning(model, record, targets), schedule, record.guidance,
-                offsets=record.offset_schedule(n, model.device), controller=controller, disable=disable,
+                anchors=source_anchors([record], n, model.device), controller=controller, disable=disable,
                 desc="editing")
     images = model.decode_latents(x0)
     return EditResult(reconstruction=images[0], edits=list(images[1:]), controller=controller)

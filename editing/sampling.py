@@ -2,8 +2,8 @@
 
 Per step i it takes a conditional embedding c_i and an unconditional embedding u_i for every batch row
 (null-text inversion gives u_i per step, interpolation methods give c_i per step), combines them by
-classifier-free guidance, moves the latent one DDIM step, adds an optional per-step latent offset
-(DirectInversion), and lets an optional attention controller (Prompt-to-Prompt) act inside the UNet and
+classifier-free guidance, moves the latent one DDIM step, adds an optional per-step latent offset, holds
+anchored rows on known latents (DirectInversion's source branch), and lets an optional attention controller (Prompt-to-Prompt) act inside the UNet and
 on the new latent (local blend).
 """
 from __future__ import annotations
@@ -32,6 +32,24 @@ class Conditioning:
         return pick(self.cond), pick(self.uncond)
 
 
+@dataclass(frozen=True)
+class Anchors:
+    """Rows of the batch held on known latents after every step.
+
+    DirectInversion (Ju et al., eq. 6) sets the source branch to the inverted latent at each step. Adding the
+    recorded offsets instead is the same in exact arithmetic, but guidance makes the sampler expansive:
+    float error of one step grows through the next ones (measured on the default model with the astronaut
+    photo and its caption: the source branch left the trajectory and reconstructed 2 dB below the VAE round
+    trip). Holding the rows on the trajectory is exact by construction.
+    """
+
+    rows: torch.Tensor  # (B,) bool: the anchored rows
+    latents: Sequence[torch.Tensor]  # per step, (B, C, h, w): where anchored rows are after that step
+
+    def apply(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.rows.view(-1, 1, 1, 1).to(x.device), self.latents[i].to(x), x)
+
+
 def guided_output(model, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance: float, attention_kwargs: dict | None = None) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans): out_u + w (out_c - out_u), both halves in one UNet call.
@@ -53,12 +71,14 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 
 @torch.no_grad()
 def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMSchedule,
-           guidance: float, *, offsets: Sequence[torch.Tensor] | None = None, controller=None,
+           guidance: float, *, offsets: Sequence[torch.Tensor] | None = None, anchors: Anchors | None = None,
+           controller=None,
            callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
            return_trajectory: bool = False, disable: bool = False, desc: str = "sampling"):
     """Run DDIM sampling from x_T (B, C, h, w) and return x_0 (and the trajectory [x_T, ..., x_0]).
 
-    offsets[i] (broadcastable to x) is added after step i. controller: a Prompt-to-Prompt controller whose
+    offsets[i] (broadcastable to x) is added after step i; then anchored rows are set to their latents
+    (`Anchors`). controller: a Prompt-to-Prompt controller whose
     attention processors are installed for the duration of the loop; it receives the step index
     explicitly and may replace the latent after each step (local blend). callback(i, x) may return a
     replacement latent.
@@ -76,6 +96,8 @@ def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMS
             x = sampling_step(schedule, out, t, x)
             if offsets is not None:
                 x = x + offsets[i]
+            if anchors is not None:
+                x = anchors.apply(i, x)
             if controller is not None:
                 x = controller.after_step(i, x)
             if callback is not None:

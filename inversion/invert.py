@@ -4,7 +4,8 @@
 - null-text: DDIM inversion as the pivot, then per-step null embeddings (Mokady et al.).
 - negative-prompt: u_i = the source prompt's embedding, no optimisation (Miyake et al., "Negative-prompt
   Inversion"): guidance then cancels for the source branch, which follows the inversion closely.
-- direct: per-step latent offsets that pin the source branch to the trajectory (Ju et al.).
+- direct: the source branch held on the inversion trajectory (Ju et al.); the per-step offsets that do the
+  same by addition are recorded too (learned-embedding generation uses them).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from editing.sampling import Conditioning, check_finite, sample
 from inversion.ddim import DDIMSchedule, ddim_inversion
 from inversion.direct import direct_offsets
 from inversion.null_text import NullTextConfig, optimise_nulls
-from inversion.record import METHODS, Inversion, embedding_digest, fingerprint_parts
+from inversion.record import METHODS, Inversion, embedding_digest, fingerprint_parts, source_anchors
 
 DEFAULT_STEPS = 50  # the reference's NUM_DDIM_STEPS
 DEFAULT_GUIDANCE = 7.5  # the reference's GUIDANCE_SCALE
@@ -31,7 +32,7 @@ class InversionConfig:
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
     null_text: NullTextConfig = field(default_factory=NullTextConfig)
-    keep_trajectory: bool = False  # store x_0..x_T in the record (needed by null-text fine-tuning)
+    keep_trajectory: bool = False  # store x_0..x_T in the record (null-text fine-tuning; direct always does)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -73,6 +74,7 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
         check_finite(offsets, "the DirectInversion offsets")
     elapsed = time.perf_counter() - start
     stacked = torch.stack(trajectory, 1)  # (B, steps + 1, C, h, w)
+    keep = config.keep_trajectory or config.method == "direct"  # DirectInversion anchors the source on it
     def parts(b):
         found = fingerprint_parts(images[b], prompts[b], model.fingerprint, config.method, config.params())
         return {**found, "embedding": embedding_digest(cond[b])} if learned else found
@@ -82,7 +84,7 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
                   params=config.params(), parts=parts(b), cond=cond[b].contiguous() if learned else None,
                   nulls=None if nulls is None else nulls[b].contiguous(),
                   offsets=None if offsets is None else offsets[b].contiguous(),
-                  trajectory=stacked[b].contiguous() if config.keep_trajectory else None,
+                  trajectory=stacked[b].contiguous() if keep else None,
                   timings_s={"inversion": elapsed / len(images)})
         for b in range(len(images))
     ]
@@ -107,15 +109,11 @@ def reconstruct(model, records: list[Inversion], disable: bool = False) -> np.nd
     """Sample each record back to an image (B, H, W, 3) uint8."""
     conditioning, schedule = source_conditioning(model, records)
     x_T = torch.stack([r.x_T for r in records]).to(model.device)
-    offsets = None
-    if any(r.offsets is not None for r in records):
-        zeros = torch.zeros_like(x_T[0])
-        offsets = [torch.stack([r.offsets[i].to(model.device) if r.offsets is not None else zeros
-                                for r in records]) for i in range(len(schedule.timesteps))]
     guidance = {r.guidance for r in records}
     if len(guidance) != 1:
         raise UserError("records with different guidance scales cannot be reconstructed together")
-    x0 = sample(model, x_T, conditioning, schedule, guidance.pop(), offsets=offsets, disable=disable,
+    x0 = sample(model, x_T, conditioning, schedule, guidance.pop(),
+                anchors=source_anchors(records, len(records), model.device), disable=disable,
                 desc="reconstruction")
     return model.decode_latents(x0)
 

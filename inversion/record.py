@@ -18,9 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editing.errors import UserError
+from editing.sampling import Anchors
 
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: DirectInversion records always carry their trajectory (the anchors)
 
 
 def _digest(data: bytes) -> str:
@@ -63,7 +64,7 @@ class Inversion:
     parts: dict[str, str]  # fingerprint components: image, prompt, model, method, params
     nulls: torch.Tensor | None = None  # (steps, L, D) null-text inversion's u_i
     offsets: torch.Tensor | None = None  # (steps, C, h, w) DirectInversion's per-step corrections
-    trajectory: torch.Tensor | None = None  # (steps + 1, C, h, w) x_0 .. x_T, on request
+    trajectory: torch.Tensor | None = None  # (steps + 1, C, h, w) x_0 .. x_T: always for direct, else on request
     cond: torch.Tensor | None = None  # (L, D) a learned conditional embedding used instead of the prompt's
     timings_s: dict = field(default_factory=dict)
 
@@ -91,16 +92,13 @@ class Inversion:
             return source_embedding
         return empty_embedding
 
-    def offset_schedule(self, batch: int, device) -> list[torch.Tensor] | None:
-        """Per-step offsets for a batch whose row 0 is the source branch (the only row corrected)."""
-        if self.offsets is None:
-            return None
-        out = []
-        for offset in self.offsets.to(device):
-            full = torch.zeros((batch, *offset.shape), dtype=offset.dtype, device=device)
-            full[0] = offset
-            out.append(full)
-        return out
+    def anchor_latents(self) -> list[torch.Tensor]:
+        """DirectInversion: the inverted latent after each sampling step, x_{t-1}^inv, one (C, h, w) per step."""
+        if self.method != "direct":
+            raise ValueError(f"only DirectInversion records anchor the source branch, not {self.method}")
+        if self.trajectory is None:
+            raise UserError("this DirectInversion record lacks its trajectory (the anchors): invert the photo again")
+        return [self.trajectory[self.steps - i - 1] for i in range(self.steps)]
 
     def verify(self, image: np.ndarray, prompt: str, model_fingerprint: str) -> None:
         """Refuse a record made for another image, prompt or model (a clear error naming what differs)."""
@@ -145,7 +143,9 @@ class Inversion:
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise UserError(f"{path} is not a readable inversion file (safetensors): {exc}") from exc
         if meta.get("format") != str(FORMAT_VERSION) or "x_T" not in tensors:
-            raise UserError(f"{path} is not an inversion file of this toolkit (format {meta.get('format')})")
+            found = meta.get("format")
+            raise UserError(f"{path} is not an inversion file of this version of the toolkit (format {found}, "
+                            f"this version reads {FORMAT_VERSION}): invert the photo again")
         record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
                      params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
                      nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
@@ -153,3 +153,21 @@ class Inversion:
         if record.fingerprint != meta.get("fingerprint"):
             raise UserError(f"{path} is damaged: its fingerprint does not match its contents")
         return record
+
+
+def source_anchors(records: list[Inversion], batch: int, device) -> Anchors | None:
+    """Anchors for a batch whose first len(records) rows are the records' source branches: the rows of
+    DirectInversion records are held on their inversion trajectories; every other row runs free."""
+    direct = [r.method == "direct" for r in records]
+    if not any(direct):
+        return None
+    per_record = [r.anchor_latents() if d else None for r, d in zip(records, direct)]
+    steps = records[direct.index(True)].steps
+    template = records[direct.index(True)].trajectory[0]
+    latents = []
+    for i in range(steps):
+        rows = [p[i] if p is not None else torch.zeros_like(template) for p in per_record]
+        rows += [torch.zeros_like(template)] * (batch - len(records))
+        latents.append(torch.stack(rows).to(device))
+    rows = torch.tensor(direct + [False] * (batch - len(records)), device=device)
+    return Anchors(rows=rows, latents=latents)

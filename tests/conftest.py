@@ -40,6 +40,14 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def default_model():
+    """load_model(None): the embedded toy-world model, fp32 on the CPU (tests that change it restore it)."""
+    from editing.model import load_model
+
+    return load_model(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_v_model():
     """The same architecture and seed with a v-prediction scheduler, fp32 on the CPU."""
     from editing.model import _place, build_tiny_model

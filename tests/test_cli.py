@@ -20,7 +20,6 @@ import pytest
 from editing import run as run_module
 from editing.cli import run_main
 from editing.image_io import load_image, read_image
-from editing.model import load_model
 from inversion.invert import psnr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,11 +96,6 @@ def check_contract(out: Path, targets: list[str], steps: int, resolution: int, i
 
 
 # ---------------------------------------------------------------- shared runs (each once per module)
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    return load_model(None)
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,6 @@ def test_forward_process_matches_diffusers(tiny_model, tiny_v_model, prediction)
     assert torch.allclose(target, expected, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def default_model():
-    from editing.model import load_model
-
-    return load_model(None, device="cpu")
-
-
 def fixed_loss(model, latents, emb, samples=64):
     """The denoising loss on a fixed set of (t, noise) draws: comparable before and after optimisation."""
     g = seeded(123)
