@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from editing.cli import EXIT_OK, Parser, run_main, write_json
 from editing.errors import UserError
+from editing.speed import add_speed_options, apply_speed, speed_options, speed_summary
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO / "examples" / "toy-red-circle.png"
@@ -121,6 +122,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="timing", help="output folder (default timing/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_speed_options(p)
     return p
 
 
@@ -392,7 +394,7 @@ def environment(model, options, argv) -> dict:
         except OSError:
             pass
     return {"date": datetime.date.today().isoformat(), "device": str(device), "device_name": name,
-            "dtype": options.dtype, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "dtype": options.dtype, "speed": speed_summary(model), "torch": torch.__version__, "diffusers": diffusers.__version__,
             "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "command": "python -m benchmarks.timing " + " ".join(argv)}
 
@@ -412,7 +414,8 @@ def write_markdown(path: Path, report: dict) -> None:
     env, model, settings = report["environment"], report["model"], report["settings"]
     lines = [f"# Stage timings: {model['name']}", "",
              f"Model {model['name']} ({model['resolution']} px, {model['prediction_type']}), device "
-             f"{env['device']} ({env['device_name']}), UNet {env['dtype']}, torch {env['torch']}, diffusers "
+             f"{env['device']} ({env['device_name']}), UNet {env['dtype']}, compile {env['speed']['compile']}, "
+             f"torch {env['torch']}, diffusers "
              f"{env['diffusers']}, {env['torch_threads']} torch threads, {env['date']}.",
              f"Median of {settings['repeats']} run(s) x {len(settings['images'])} image(s) after one warm-up run "
              f"per method; settings: {', '.join(f'{k} {v}' for k, v in settings['method_options'].items())}.",
@@ -474,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         if method in EDIT_METHODS:
             edit_args(method, options.images[0], options, out)
     model = load_model(options.model, device=options.device, dtype=options.dtype)
+    apply_speed(model, speed_options(options))
     device = model.device
     images = [load_image(path, model.resolution) for path in options.images]
     torch.manual_seed(options.seed)

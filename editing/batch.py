@@ -52,6 +52,7 @@ from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_ma
 from editing.errors import UserError
 from editing.image_io import load_image
 from editing.model import load_model
+from editing.speed import apply_speed, speed_options
 from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion, combine, fingerprint_parts
 
@@ -501,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     state = distributed_state(shared.device)
     device = str(state.device) if state.num_processes > 1 and state.device.type == "cuda" else shared.device
     model = load_model(shared.model, device=device, dtype=shared.dtype)
+    apply_speed(model, speed_options(shared))
     out = Path(batch.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = InversionCache(Path(batch.cache) if batch.cache else out / CACHE_SUBDIR)

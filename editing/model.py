@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ class Model:
     device: torch.device
     dtype: torch.dtype = torch.float32
     _fingerprint: str | None = field(default=None, repr=False)
+    fast_unet: Callable | None = field(default=None, repr=False)  # a compiled UNet (editing.speed), or None
 
     @property
     def latent_scale(self) -> float:
@@ -146,9 +148,13 @@ class Model:
 
     def unet_output(self, x: torch.Tensor, t: int, cond: torch.Tensor,
                     attention_kwargs: dict | None = None) -> torch.Tensor:
-        """One UNet call in the model's dtype; the output (epsilon or v) comes back in fp32."""
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
-                        cross_attention_kwargs=attention_kwargs).sample
+        """One UNet call in the model's dtype; the output (epsilon or v) comes back in fp32.
+
+        Calls an attention controller watches (attention_kwargs given) always run the eager UNet."""
+        unet = self.unet if self.fast_unet is None or attention_kwargs is not None else self.fast_unet
+        t = torch.as_tensor(t, dtype=torch.int64, device=x.device)  # a tensor: compiled graphs serve every t
+        out = unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
+                   cross_attention_kwargs=attention_kwargs).sample
         return out.float()
 
 

@@ -44,6 +44,7 @@ from editing.null_finetune import DEFAULT_INNER_STEPS, DEFAULT_K, NullFinetuneCo
 from editing.image_io import Crop, image_grid, load_image, read_image, prepare_image, save_image
 from editing.model import DTYPES, load_model
 from editing.p2p import edit_p2p
+from editing.speed import add_speed_options, apply_speed, speed_options, speed_summary
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, psnr
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS, Inversion
@@ -128,6 +129,7 @@ def build_parser() -> Parser:
     p.add_argument("--config", default=None, help="a YAML file of these options; flags override it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_speed_options(p)
     return p
 
 
@@ -419,7 +421,8 @@ def run_edit(model, image: np.ndarray, args, out: Path, invert_source=default_in
     summary = {
         "method": args.method, "model": model.name, "image": str(args.image),
         "source_prompt": args.source_prompt, "target_prompts": list(args.target_prompt), "seed": args.seed,
-        **result.summary, "device": str(model.device), "dtype": args.dtype, "timings_s": timings,
+        **result.summary, "device": str(model.device), "dtype": args.dtype, "speed": speed_summary(model),
+        "timings_s": timings,
         "peak_memory_mb": round(peak_memory_mb(model.device), 1),
         "reconstruction_psnr_db": round(psnr(result.reconstruction, image), 3), "outputs": outputs,
     }
@@ -432,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     crop = parse_crop(args.crop)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    apply_speed(model, speed_options(args))
     image = load_image(args.image, model.resolution, crop)
     summary = run_edit(model, image, args, Path(args.out))
     print(f"wrote {args.out}/ (reconstruction PSNR {summary['reconstruction_psnr_db']} dB, "

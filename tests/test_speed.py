@@ -1,0 +1,92 @@
+"""The fast path's switches (editing/speed.py) against the plain path on the tiny model.
+
+Compilation is checked with torch's "aot_eager" backend: it captures the same graphs (forward and backward,
+through dynamo and AOT autograd) as the default backend but runs them with eager kernels, so the results
+must match the plain path bit for bit and no C++ build (minutes on the 2-core CPU) is needed. The inductor
+and CUDA-graph figures belong to the GPU timing suite (benchmarks/timing.py --compile).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from editing.errors import UserError
+from editing.model import Model
+from editing.p2p import edit_p2p
+from editing.run import build_parser
+from editing.speed import CompiledUNet, SpeedOptions, apply_speed, speed_options, speed_summary
+from inversion.invert import InversionConfig, invert, reconstruct
+from inversion.null_text import NullTextConfig
+
+CONFIG = InversionConfig(method="null-text", steps=4, null_text=NullTextConfig(inner_steps=3))
+
+
+def copy_of(model: Model) -> Model:
+    """The same modules in a new Model (so switching the fast path on leaves the session fixture alone)."""
+    return dataclasses.replace(model, fast_unet=None)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model, session_photos, photo_prompts):
+    record = invert(tiny_model, session_photos[:1], photo_prompts[:1], CONFIG, disable=True)[0]
+    return record, reconstruct(tiny_model, [record], disable=True)
+
+
+def test_compiled_unet_gives_the_plain_results(tiny_model, session_photos, photo_prompts, plain):
+    model = copy_of(tiny_model)
+    apply_speed(model, SpeedOptions(compile="default", backend="aot_eager"))
+    calls = []
+    compiled = model.fast_unet.compiled
+    model.fast_unet.compiled = lambda *a, **k: calls.append(1) or compiled(*a, **k)  # count the compiled calls
+    record = invert(model, session_photos[:1], photo_prompts[:1], CONFIG, disable=True)[0]
+    assert model.fast_unet.failed is None and len(calls) > 4 * 3  # inversion and the optimiser went through it
+    assert torch.equal(record.nulls, plain[0].nulls) and torch.equal(record.x_T, plain[0].x_T)
+    np.testing.assert_array_equal(reconstruct(model, [record], disable=True), plain[1])
+    # Prompt-to-Prompt's controlled calls run the eager UNet: the edit is the plain one, and no call of the
+    # editing loop reached the compiled graph
+    before = len(calls)
+    fast = edit_p2p(model, record, ["a photo of a dog"], disable=True)
+    assert len(calls) == before
+    slow = edit_p2p(tiny_model, plain[0], ["a photo of a dog"], disable=True)
+    np.testing.assert_array_equal(fast.edits[0], slow.edits[0])
+
+
+def test_a_failed_compilation_falls_back_to_eager_once(tiny_model, session_photos, photo_prompts, plain, capsys):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    model = copy_of(tiny_model)
+    model.fast_unet = CompiledUNet(model.unet, "default", backend=broken_backend)
+    record = invert(model, session_photos[:1], photo_prompts[:1], CONFIG, disable=True)[0]
+    assert "no C++ compiler here" in model.fast_unet.failed
+    assert capsys.readouterr().err.count("running it eager") == 1
+    assert torch.equal(record.nulls, plain[0].nulls)
+    assert speed_summary(model)["compile_failed"] == model.fast_unet.failed
+
+
+def test_memory_switches_keep_the_results(tiny_model, plain):
+    model = copy_of(tiny_model)
+    processors = model.unet.attn_processors
+    try:
+        apply_speed(model, SpeedOptions(attention_slicing=True, vae_tiling=True))
+        assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"SlicedAttnProcessor"}
+        assert model.vae.use_tiling and model.vae.use_slicing
+        sliced = reconstruct(model, [plain[0]], disable=True)
+    finally:  # the session's tiny model is shared: put it back as it was
+        model.unet.set_attn_processor(processors)
+        model.vae.disable_tiling()
+        model.vae.disable_slicing()
+    assert np.abs(sliced.astype(int) - plain[1].astype(int)).max() <= 1
+
+
+def test_cli_flags_and_summary(tiny_model):
+    args = build_parser().parse_args(["--image", "x.png", "--target-prompt", "t", "--compile", "graphs",
+                                      "--attention-slicing"])
+    assert speed_options(args) == SpeedOptions(compile="graphs", attention_slicing=True, vae_tiling=False)
+    assert speed_options(build_parser().parse_args(["--image", "x.png", "--target-prompt", "t"])) == SpeedOptions()
+    assert speed_summary(copy_of(tiny_model)) == {"compile": "off", "compile_failed": None}
+    with pytest.raises(UserError, match="unknown --compile"):
+        SpeedOptions(compile="fast")
