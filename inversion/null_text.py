@@ -11,7 +11,9 @@ prompt from a fresh start; null-text fine-tuning runs it with the edit prompt fo
 starting from already learned embeddings.
 
 Batched: every row is an image with its own embeddings, learning rate schedule and early stop. The UNet
-may run in half precision; the embeddings, the Adam state and the loss stay in fp32.
+may run in half precision; the embeddings, the Adam state and the loss stay in fp32. With a compiled UNet
+(editing.speed) every inner step runs the whole batch, so one graph serves all of it; rows that stopped
+early keep their embedding, so the results are those of the plain path, which runs only the active rows.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor
     batch = cond.shape[0]
     uncond = (init if warm_start else init[0]).detach().float().clone()  # (B, L, D)
     x = trajectory[-1]
+    fixed_shape = getattr(model, "fast_unet", None) is not None
     learned = []
     bar = tqdm(total=num_steps * config.inner_steps, desc=desc, disable=disable, leave=False)
     for i in range(num_steps):
@@ -74,8 +77,10 @@ def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor
             out_cond = model.unet_output(x, t, cond)  # the conditional prediction, computed once per step
         threshold = config.early_stop + i * config.early_stop_growth
         active = torch.ones(batch, dtype=torch.bool, device=x.device)
+        every_row = torch.arange(batch, device=x.device)
         for inner in range(config.inner_steps):
-            rows = active.nonzero().squeeze(1)
+            # a compiled UNet wants one batch shape: finished rows then ride along, their embedding held below
+            rows = every_row if fixed_shape else active.nonzero().squeeze(1)
             out_uncond = model.unet_output(x[rows], t, uncond[rows])
             out = out_uncond + guidance * (out_cond[rows] - out_uncond)
             x_prev = sampling_step(schedule, out, t, x[rows])

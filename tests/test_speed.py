@@ -90,3 +90,22 @@ def test_cli_flags_and_summary(tiny_model):
     assert speed_summary(copy_of(tiny_model)) == {"compile": "off", "compile_failed": None}
     with pytest.raises(UserError, match="unknown --compile"):
         SpeedOptions(compile="fast")
+
+
+def test_compiled_null_text_keeps_per_row_early_stop(tiny_model, session_photos, photo_prompts):
+    """With a compiled UNet the inner loop runs every row (one shape); rows that stopped must still keep their
+    embedding, so the batch gives what the plain path (active rows only) gives, up to the float noise of a
+    different batch size (see test_batched_null_text_equals_single_runs for the 5e-4 tolerance)."""
+    config = InversionConfig(method="null-text", steps=5, null_text=NullTextConfig(
+        inner_steps=5, early_stop=5.5e-4, early_stop_growth=0.0))  # splits the batch: row 0 stops first
+    plain = invert(tiny_model, session_photos, photo_prompts, config, disable=True)
+    model = copy_of(tiny_model)
+    apply_speed(model, SpeedOptions(compile="default", backend="aot_eager"))
+    shapes = []
+    compiled = model.fast_unet.compiled
+    model.fast_unet.compiled = lambda x, *a, **k: shapes.append(x.shape[0]) or compiled(x, *a, **k)
+    fast = invert(model, session_photos, photo_prompts, config, disable=True)
+    assert set(shapes) == {3, 6}  # the whole batch, or both guidance halves of it: never a subset
+    for got, want in zip(fast, plain):
+        torch.testing.assert_close(got.nulls, want.nulls, rtol=0, atol=5e-4)
+        torch.testing.assert_close(got.x_T, want.x_T, rtol=0, atol=1e-5)
