@@ -15,6 +15,10 @@ Methods (--methods, default all):
   reference-nti                            the published null-text inversion loop (benchmarks/reference_nti.py),
                                            timed alternately with the project's NTI on the same image: the
                                            speed-up line "project NTI vs reference NTI: ...x"
+  nti-batch                                null-text inversion of --batch-images photos (the --images cycled)
+                                           in one batch; the figures are per image
+  embedding                                Imagic's embedding optimisation alone (500 steps unless
+                                           --embed-steps), the preliminary-training stage of imagic
 Stages (the thesis' names): preliminary training = inversion and anything done once per image; editing =
 per-edit optimisation; generation = sampling. total = the whole run (stages, prompt checks, writing its
 images). Peak memory: CUDA max_memory_allocated per run, or on the CPU the process' peak resident set size
@@ -34,6 +38,7 @@ Exit codes: 0 done, 2 bad input or usage (one `error:` line), 1 a failure inside
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import re
@@ -44,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -76,10 +82,12 @@ EDIT_METHODS = {
     "null-finetune": EditMethod("Null-text fine-tuning", ("--method", "null-finetune")),
     "imagic": EditMethod("Imagic", ("--method", "imagic")),
 }
-MULTIRES, REFERENCE = "multires", "reference-nti"
+MULTIRES, REFERENCE, NTI_BATCH, EMBEDDING = "multires", "reference-nti", "nti-batch", "embedding"
 LABELS = {**{name: m.label for name, m in EDIT_METHODS.items()}, MULTIRES: "Multires TI sampling",
-          REFERENCE: "Reference NTI (Mokady et al.)"}
-ALL_METHODS = (*EDIT_METHODS, MULTIRES, REFERENCE)
+          REFERENCE: "Reference NTI (Mokady et al.)", NTI_BATCH: "Batched NTI, per image",
+          EMBEDDING: "Embedding optimisation (Imagic)"}
+ALL_METHODS = (*EDIT_METHODS, MULTIRES, REFERENCE, NTI_BATCH, EMBEDDING)
+BATCH_IMAGES = 16  # nti-batch: images per batch (the GPU target is stated per image at 16)
 # timing option -> editing.run flag; None (not given) leaves the method's own default
 FORWARDED = {"steps": "--steps", "guidance": "--guidance", "inner_steps": "--inner-steps",
              "finetune_steps": "--finetune-steps", "finetune_inner": "--finetune-inner", "embed_steps": "--embed-steps",
@@ -103,6 +111,8 @@ def build_parser() -> Parser:
     p.add_argument("--source-prompt", default=DEFAULT_SOURCE, help=f"caption of the photos ({DEFAULT_SOURCE!r})")
     p.add_argument("--target-prompt", default=DEFAULT_TARGET, help=f"the edit ({DEFAULT_TARGET!r})")
     p.add_argument("--repeats", type=int, default=3, help="measured runs per method and image (default 3)")
+    p.add_argument("--batch-images", type=int, default=BATCH_IMAGES,
+                   help=f"nti-batch: photos per batch (default {BATCH_IMAGES})")
     g = p.add_argument_group("method options (default: each method's own, as in python -m editing.run)")
     g.add_argument("--steps", type=int, default=None, help="DDIM steps (editing.run's default 50)")
     g.add_argument("--guidance", type=float, default=None, help="guidance scale (editing.run's default 7.5)")
@@ -129,6 +139,8 @@ def build_parser() -> Parser:
 def check_args(args) -> None:
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.batch_images < 1:
+        raise UserError(f"--batch-images must be at least 1, got {args.batch_images}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     for name in ("multires_train_steps", "multires_scales"):
@@ -331,6 +343,46 @@ def reference_runner(model, images, options, out: Path) -> Runner:
     return run
 
 
+def nti_batch_runner(model, images, options, out: Path) -> Runner:
+    """Null-text inversion (editing.run's settings) of --batch-images photos in one batch, per image."""
+    from editing.run import inversion_config
+    from inversion.invert import invert
+
+    config = inversion_config(edit_args("nti-p2p", options.images[0], options, out / "runs" / NTI_BATCH))
+    n = options.batch_images
+
+    def run(k: int, repeat: int):
+        batch = np.stack([images[(k + j) % len(images)] for j in range(n)])
+        start = time.perf_counter()
+        invert(model, batch, [options.source_prompt] * n, config, disable=True)
+        synchronise(model.device)
+        per_image = (time.perf_counter() - start) / n
+        return ({"preliminary_training": per_image, "editing": None, "generation": None},
+                {"batch_images": n, "batch_s": per_image * n, "total_s": per_image})
+
+    return run
+
+
+def embedding_runner(model, images, options, out: Path) -> Runner:
+    """Imagic's embedding optimisation (its default settings, --embed-steps if given) on one photo."""
+    from editing.imagic import DEFAULT_EMBEDDING
+    from editing.learned_embedding import learn_embedding
+
+    config = DEFAULT_EMBEDDING
+    if options.embed_steps is not None:
+        config = dataclasses.replace(config, steps=options.embed_steps)
+
+    def run(k: int, repeat: int):
+        generator = torch.Generator(device=model.device).manual_seed(options.seed)
+        start = time.perf_counter()
+        learn_embedding(model, images[k], options.target_prompt, config, generator, disable=True)
+        synchronise(model.device)
+        return ({"preliminary_training": time.perf_counter() - start, "editing": None, "generation": None},
+                {"embed_steps": config.steps})
+
+    return run
+
+
 def _run_default(name: str):
     from editing.run import build_parser as run_parser
 
@@ -341,6 +393,10 @@ def make_runner(method: str, model, images, options, out: Path) -> tuple[Runner 
     """(runner, "") or (None, why it is not available)."""
     if method in EDIT_METHODS:
         return edit_runner(method, model, images, options, out), ""
+    if method == NTI_BATCH:
+        return nti_batch_runner(model, images, options, out), ""
+    if method == EMBEDDING:
+        return embedding_runner(model, images, options, out), ""
     if method == MULTIRES:
         try:
             return multires_runner(model, images, options, out), ""

@@ -20,7 +20,8 @@ from inversion.null_text import NullTextConfig
 
 # A few seconds per method on one CPU core: every code path, no meaningful figures.
 TINY = ["--model", "tiny-random", "--device", "cpu", "--steps", "2", "--repeats", "1", "--inner-steps", "2",
-        "--finetune-inner", "2", "--embed-steps", "2", "--unet-steps", "2", "--multires-train-steps", "2", "--quiet"]
+        "--finetune-inner", "2", "--embed-steps", "2", "--unet-steps", "2", "--multires-train-steps", "2", "--batch-images", "2",
+        "--quiet"]
 PROMPT = "a photo of a cat"
 
 
@@ -151,3 +152,13 @@ def test_bar_chart_axis_steps_and_shape():
     assert image.dtype == np.uint8 and image.ndim == 3
     with pytest.raises(ValueError):
         stacked_bars(["a"], [[1.0]], ["x", "y"], "title", "seconds")
+
+
+def test_batched_nti_and_embedding_rows_report_their_own_figures(suite):
+    _, out = suite
+    report = json.loads((out / "timing.json").read_text())
+    [run] = report["methods"]["nti-batch"]["runs"]
+    assert run["extra"]["batch_images"] == 2
+    assert run["extra"]["batch_s"] == pytest.approx(2 * run["total_s"])  # the row's figures are per image
+    [run] = report["methods"]["embedding"]["runs"]
+    assert run["extra"]["embed_steps"] == 2 and run["stages_s"]["editing"] is None
