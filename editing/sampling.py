@@ -61,12 +61,16 @@ def guided_output(model, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: to
     return out_u + guidance * (out_c - out_u)
 
 
-def check_finite(x: torch.Tensor, what: str) -> None:
+def non_finite(what: str):
     from editing.errors import NonFiniteError
 
+    return NonFiniteError(f"{what} became NaN or infinite (in fp16 this is usually an overflow: "
+                          f"try --dtype bf16 or fp32)")
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
     if not torch.isfinite(x).all():
-        raise NonFiniteError(f"{what} became NaN or infinite (in fp16 this is usually an overflow: "
-                             f"try --dtype bf16 or fp32)")
+        raise non_finite(what)
 
 
 @torch.no_grad()
@@ -87,6 +91,7 @@ def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMS
 
     x = x_T
     trajectory = [x] if return_trajectory else None
+    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # the first step with a NaN/inf latent
     scope = attention_control(model.unet, controller) if controller is not None else nullcontext()
     with scope:
         for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=disable, leave=False)):
@@ -103,7 +108,11 @@ def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMS
             if callback is not None:
                 replaced = callback(i, x)
                 x = x if replaced is None else replaced
-            check_finite(x, f"the latent at sampling step {i}")
+            # kept on the device: a host check here would stall the GPU queue at every step
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x).all(), i, first_bad)
             if return_trajectory:
                 trajectory.append(x)
+    bad = int(first_bad)  # the loop's one host sync
+    if bad >= 0:
+        raise non_finite(f"the latent at sampling step {bad}")
     return (x, trajectory) if return_trajectory else x

@@ -310,7 +310,7 @@ def test_nan_unet_raises_instead_of_returning_garbage(tiny_model, photos, photo_
 
 
 def test_nan_unet_during_reconstruction_raises(tiny_model, chelsea):
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteError, match="sampling step 0 became NaN"):  # the first bad step is named
         reconstruct(as_model(NaNModel, tiny_model), [chelsea[0]["ddim"]], disable=True)
 
 
