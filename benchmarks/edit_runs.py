@@ -15,6 +15,7 @@ import numpy as np
 
 from editing.errors import UserError
 from editing.run import EDIT_METHODS, build_parser, check_args
+from editing.speed import add_speed_options
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, invert
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
@@ -37,6 +38,7 @@ def add_run_options(p: argparse.ArgumentParser, batch_size: int, out: str) -> No
     p.add_argument("--out", default=out, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_speed_options(p)
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:

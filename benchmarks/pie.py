@@ -50,7 +50,7 @@ from editing.errors import UserError
 from editing.image_io import prepare_image, read_image
 from editing.model import load_model
 from editing.run import run_edit
-from inversion.invert import psnr
+from editing.speed import apply_speed, speed_options, speed_summary
 
 MAPPING_FILE = "mapping_file.json"
 IMAGE_FOLDER = "annotation_images"
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         edit_args(method, inversion, "check", "a cat", "a dog", options)
     entries = load_entries(args.data, args.types, args.limit)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    apply_speed(model, speed_options(args))
     clip = ClipScore(args.clip, model.device) if args.clip else None
     dino = DinoSimilarity(args.dino, model.device) if args.dino else None
     notes = [] if clip else ["CLIP scores skipped: no --clip weights given (a local CLIP folder; nothing is downloaded)."]
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                         "average": averages(rows), "entries": rows})
     header = {"data": str(args.data), "entries": len(entries), "model": model.name, "fingerprint": model.fingerprint,
               "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance,
-              "device": str(model.device), "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"),
+              "device": str(model.device), "dtype": args.dtype, "speed": speed_summary(model),
+              "date": time.strftime("%Y-%m-%d"),
               "command": "python -m benchmarks.quality pie " + " ".join(argv),
               "clip": args.clip, "dino": args.dino, "notes": notes}
     write_json(out / "pie.json", {**header, "results": results})

@@ -55,6 +55,7 @@ from editing.errors import UserError
 from editing.image_io import image_grid, load_image, read_image, save_image
 from editing.model import DEFAULT_MODEL_DIR, load_model
 from editing.run import run_edit
+from editing.speed import apply_speed, speed_options, speed_summary
 from inversion.invert import InversionConfig, invert, psnr, reconstruct
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
@@ -297,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = check_args(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    apply_speed(model, speed_options(args))
     out = Path(args.out)
     header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(model),
               "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance,
               "inner_steps": args.inner_steps, "device": str(model.device), "dtype": args.dtype,
+              "speed": speed_summary(model),
               "date": time.strftime("%Y-%m-%d"), "command": "python -m benchmarks.quality " + " ".join(argv)}
     report, reconstruction, edits = dict(header), None, None
     if "reconstruction" in args.parts:

@@ -82,9 +82,7 @@ def generate(model, record: Inversion, e_opt: torch.Tensor, e_tgt: torch.Tensor,
     schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
     batch = len(settings)
     cond = interpolation_conditioning(e_opt, e_tgt, settings, record.steps)
-    uncond = record.uncond_schedule(e_opt, model.encode_prompts([""]))
-    expand = lambda u: u.expand(batch, *u.shape[1:])  # noqa: E731  (1, L, D) -> (B, L, D)
-    uncond = expand(uncond) if isinstance(uncond, torch.Tensor) else [expand(u) for u in uncond]
+    uncond = record.uncond_schedule(e_opt, model.encode_prompts([""]), rows=batch)
     x_T = record.x_T.to(model.device)[None].expand(batch, *record.x_T.shape)
     offsets = None if record.offsets is None else [o.to(model.device) for o in record.offsets]
     x0 = sample(model, x_T, Conditioning(cond=cond, uncond=uncond), schedule, record.guidance,

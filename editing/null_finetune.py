@@ -53,8 +53,8 @@ def pivot(model, record: Inversion, image: np.ndarray, disable: bool = False) ->
     if record.trajectory is not None:
         return [x[None].to(model.device) for x in record.trajectory]
     schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
-    cond = model.encode_prompts([record.prompt]) if record.cond is None else record.cond[None].to(model.device)
-    return ddim_inversion(model.unet_output, model.encode_images(image[None]), cond, schedule, disable=disable)
+    return ddim_inversion(model.unet_output, model.encode_images(image[None]), record.source_embedding(model),
+                          schedule, disable=disable)
 
 
 def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], target: str, k: int,
@@ -76,8 +76,7 @@ def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], tar
 
 def original_nulls(model, record: Inversion) -> list[torch.Tensor]:
     """The record's unconditional embedding of every step, (1, L, D) each."""
-    source = model.encode_prompts([record.prompt]) if record.cond is None else record.cond[None].to(model.device)
-    uncond = record.uncond_schedule(source, model.encode_prompts([""]))
+    uncond = record.uncond_schedule(record.source_embedding(model), model.encode_prompts([""]))
     return [uncond] * record.steps if isinstance(uncond, torch.Tensor) else list(uncond)
 
 

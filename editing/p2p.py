@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from attention.controllers import P2PConfig, PromptToPrompt
 from editing.sampling import Conditioning, sample
@@ -30,9 +29,7 @@ def edit_conditioning(model, record: Inversion, targets: list[str]) -> Condition
     """cond: the source and target embeddings (n, L, D); uncond: the record's per-step u_i on every row."""
     prompts = [record.prompt, *targets]
     cond = model.encode_prompts(prompts)  # (n, L, D)
-    uncond = record.uncond_schedule(cond[:1], model.encode_prompts([""]))
-    expand = lambda u: u.expand(len(prompts), *u.shape[1:])  # noqa: E731  (1, L, D) -> (n, L, D)
-    uncond = expand(uncond) if isinstance(uncond, torch.Tensor) else [expand(u) for u in uncond]
+    uncond = record.uncond_schedule(cond[:1], model.encode_prompts([""]), rows=len(prompts))
     return Conditioning(cond=cond, uncond=uncond)
 
 

@@ -96,8 +96,7 @@ def source_conditioning(model, records: list[Inversion]) -> tuple[Conditioning, 
     if len(steps) != 1:
         raise UserError(f"records with different step counts {sorted(steps)} cannot be sampled together")
     schedule = DDIMSchedule.from_scheduler(model.scheduler, steps.pop())
-    sources = model.encode_prompts([r.prompt for r in records])
-    sources = torch.stack([s if r.cond is None else r.cond.to(s) for s, r in zip(sources, records)])
+    sources = torch.cat([r.source_embedding(model) for r in records])  # (B, L, D)
     empty = model.encode_prompts([""])
     per_row = [r.uncond_schedule(sources[b:b + 1], empty) for b, r in enumerate(records)]
     uncond = [torch.cat([u if isinstance(u, torch.Tensor) else u[i] for u in per_row])

@@ -80,17 +80,23 @@ class Inversion:
     def guidance(self) -> float:
         return float(self.params["guidance"])
 
-    def uncond_schedule(self, source_embedding: torch.Tensor, empty_embedding: torch.Tensor):
-        """The unconditional embedding (1, L, D) per sampling step that reproduces the image.
+    def source_embedding(self, model) -> torch.Tensor:
+        """The conditional embedding (1, L, D) the photo was inverted under: the learned one, else the prompt's."""
+        if self.cond is not None:
+            return self.cond[None].to(model.device)
+        return model.encode_prompts([self.prompt])
+
+    def uncond_schedule(self, source_embedding: torch.Tensor, empty_embedding: torch.Tensor, rows: int = 1):
+        """The unconditional embedding per sampling step that reproduces the image, (rows, L, D): one tensor
+        for every step, or a list with one per step; the same on each of `rows` rows sampling this record.
 
         null-text: the learned u_i; negative-prompt: the source prompt's embedding (Miyake et al.);
         direct and ddim: the empty prompt's embedding.
         """
+        expand = lambda u: u.expand(rows, *u.shape[1:])  # noqa: E731  (1, L, D) -> (rows, L, D)
         if self.method == "null-text":
-            return [u[None].to(source_embedding.device) for u in self.nulls]
-        if self.method == "negative-prompt":
-            return source_embedding
-        return empty_embedding
+            return [expand(u[None].to(source_embedding.device)) for u in self.nulls]
+        return expand(source_embedding if self.method == "negative-prompt" else empty_embedding)
 
     def anchor_latents(self) -> list[torch.Tensor]:
         """DirectInversion: the inverted latent after each sampling step, x_{t-1}^inv, one (C, h, w) per step."""

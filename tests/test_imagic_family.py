@@ -9,7 +9,7 @@ import torch
 
 from editing.embedding import EmbeddingConfig, noised, optimise_embedding
 from editing.errors import UserError
-from editing.imagic import ImagicConfig, edit_imagic, finetuned_unet
+from editing.imagic import ImagicConfig, finetuned_unet
 from editing.learned_embedding import LearnedEmbeddingConfig, edit_learned_embedding, generate, learn_embedding
 from editing.null_finetune import NullFinetuneConfig, edit_null_finetune, finetune_nulls, pivot
 from editing.sampling import Conditioning, sample

@@ -12,7 +12,7 @@ from editing.errors import UserError
 from editing.image_io import prepare_image
 from editing.model import load_model
 from editing.p2p import edit_conditioning, edit_p2p
-from editing.sampling import Conditioning, sample
+from editing.sampling import sample
 from inversion.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert, reconstruct
 
