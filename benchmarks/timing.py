@@ -14,7 +14,8 @@ Methods (--methods, default all):
                                            image, then sampling one image with it (editing.multires)
   reference-nti                            the published null-text inversion loop (benchmarks/reference_nti.py),
                                            timed alternately with the project's NTI on the same image: the
-                                           speed-up line "project NTI vs reference NTI: ...x"
+                                           speed-up line "project NTI vs reference NTI: ...x" (the
+                                           reference always runs an fp32 eager UNet, as published)
   nti-batch                                null-text inversion of --batch-images photos (the --images cycled)
                                            in one batch; the figures are per image
   embedding                                Imagic's embedding optimisation alone (500 steps unless
@@ -306,12 +307,22 @@ def multires_runner(model, images, options, out: Path) -> Runner:
     return run
 
 
+def fp32_copy(model):
+    """The model itself if its UNet is fp32, else the same model with an fp32 copy of the UNet (eager)."""
+    if model.dtype == torch.float32:
+        return model
+    import copy
+
+    return dataclasses.replace(model, unet=copy.deepcopy(model.unet).float(), dtype=torch.float32, fast_unet=None)
+
+
 def reference_runner(model, images, options, out: Path) -> Runner:
     """The reference NTI, timed alternately with the project's (editing.run's inversion of nti-p2p)."""
     from benchmarks.reference_nti import check_model, reference_null_text_inversion
     from editing.run import default_invert, inversion_config
 
-    check_model(model)  # UserError (fp16 / v-prediction): the row is then listed as not available
+    reference_model = fp32_copy(model)  # the published loop runs in fp32, whatever the project's --dtype
+    check_model(reference_model)  # UserError (v-prediction): the row is then listed as not available
     config = inversion_config(edit_args("nti-p2p", options.images[0], options, out / "runs" / REFERENCE))
     device = model.device
 
@@ -319,7 +330,7 @@ def reference_runner(model, images, options, out: Path) -> Runner:
         default_invert(model, images[k], options.source_prompt, config, True)
 
     def reference(k):
-        reference_null_text_inversion(model, images[k], options.source_prompt, steps=config.steps,
+        reference_null_text_inversion(reference_model, images[k], options.source_prompt, steps=config.steps,
                                       guidance=config.guidance, num_inner_steps=config.null_text.inner_steps,
                                       epsilon=config.null_text.early_stop)
 

@@ -2,6 +2,8 @@
 (benchmarks/reference_nti.py), on the seeded tiny model with tiny settings."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -162,3 +164,16 @@ def test_batched_nti_and_embedding_rows_report_their_own_figures(suite):
     assert run["extra"]["batch_s"] == pytest.approx(2 * run["total_s"])  # the row's figures are per image
     [run] = report["methods"]["embedding"]["runs"]
     assert run["extra"]["embed_steps"] == 2 and run["stages_s"]["editing"] is None
+
+
+def test_reference_row_runs_fp32_when_the_project_runs_half(tiny_model, tmp_path):
+    half = dataclasses.replace(tiny_model, unet=copy.deepcopy(tiny_model.unet).to(torch.bfloat16),
+                               dtype=torch.bfloat16)
+    reference = timing.fp32_copy(half)
+    assert reference.dtype == torch.float32 and next(reference.unet.parameters()).dtype == torch.float32
+    assert next(half.unet.parameters()).dtype == torch.bfloat16  # the project's model is left as it was
+    assert timing.fp32_copy(tiny_model) is tiny_model
+    options = timing.build_parser().parse_args([*TINY, "--out", str(tmp_path)])
+    image = np.zeros((half.resolution,) * 2 + (3,), np.uint8)
+    runner, why = timing.make_runner(timing.REFERENCE, half, [image], options, tmp_path)
+    assert runner is not None, why
