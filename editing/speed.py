@@ -53,7 +53,14 @@ class CompiledUNet:
     def __call__(self, *args, **kwargs):
         if self.failed is None:
             try:
-                return self.compiled(*args, **kwargs)
+                if self.mode != "reduce-overhead":
+                    return self.compiled(*args, **kwargs)
+                # CUDA graphs replay into the same output buffers: every call starts a new step, and its
+                # result is copied out before a later replay could overwrite it (out_cond of null-text
+                # inversion lives across a whole timestep's inner steps)
+                torch.compiler.cudagraph_mark_step_begin()
+                result = self.compiled(*args, **kwargs)
+                return type(result)(sample=result.sample.clone())
             except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # the backends raise many types (C++ build, lowering, graph capture)

@@ -54,6 +54,16 @@ def test_compiled_unet_gives_the_plain_results(tiny_model, session_photos, photo
     np.testing.assert_array_equal(fast.edits[0], slow.edits[0])
 
 
+def test_graphs_mode_copies_each_output(tiny_model, session_photos, photo_prompts, plain):
+    """'graphs' marks a step and copies the output at each call (CUDA graphs reuse their buffers); on a CPU the
+    graphs themselves do not exist, but the copying path must give the plain results."""
+    model = copy_of(tiny_model)
+    model.fast_unet = CompiledUNet(model.unet, "reduce-overhead", backend="aot_eager")
+    record = invert(model, session_photos[:1], photo_prompts[:1], CONFIG, disable=True)[0]
+    assert model.fast_unet.failed is None
+    assert torch.equal(record.nulls, plain[0].nulls)
+
+
 def test_a_failed_compilation_falls_back_to_eager_once(tiny_model, session_photos, photo_prompts, plain, capsys):
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
