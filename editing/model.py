@@ -152,7 +152,8 @@ class Model:
 
         Calls an attention controller watches (attention_kwargs given) always run the eager UNet."""
         unet = self.unet if self.fast_unet is None or attention_kwargs is not None else self.fast_unet
-        t = torch.as_tensor(t, dtype=torch.int64, device=x.device)  # a tensor: compiled graphs serve every t
+        if not torch.is_tensor(t):  # a device tensor (a fill, no host copy): one compiled graph serves every t
+            t = torch.full((), t, dtype=torch.int64, device=x.device)
         out = unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
                    cross_attention_kwargs=attention_kwargs).sample
         return out.float()

@@ -3,8 +3,8 @@
 Per step i it takes a conditional embedding c_i and an unconditional embedding u_i for every batch row
 (null-text inversion gives u_i per step, interpolation methods give c_i per step), combines them by
 classifier-free guidance, moves the latent one DDIM step, adds an optional per-step latent offset, holds
-anchored rows on known latents (DirectInversion's source branch), and lets an optional attention controller (Prompt-to-Prompt) act inside the UNet and
-on the new latent (local blend).
+anchored rows on known latents (DirectInversion's source branch), and lets an optional attention
+controller (Prompt-to-Prompt) act inside the UNet and on the new latent (local blend).
 """
 from __future__ import annotations
 
@@ -76,16 +76,14 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 @torch.no_grad()
 def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMSchedule,
            guidance: float, *, offsets: Sequence[torch.Tensor] | None = None, anchors: Anchors | None = None,
-           controller=None,
-           callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+           controller=None, callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
            return_trajectory: bool = False, disable: bool = False, desc: str = "sampling"):
     """Run DDIM sampling from x_T (B, C, h, w) and return x_0 (and the trajectory [x_T, ..., x_0]).
 
     offsets[i] (broadcastable to x) is added after step i; then anchored rows are set to their latents
-    (`Anchors`). controller: a Prompt-to-Prompt controller whose
-    attention processors are installed for the duration of the loop; it receives the step index
-    explicitly and may replace the latent after each step (local blend). callback(i, x) may return a
-    replacement latent.
+    (`Anchors`). controller: a Prompt-to-Prompt controller whose attention processors are installed for
+    the duration of the loop; it receives the step index explicitly and may replace the latent after each
+    step (local blend). callback(i, x) may return a replacement latent.
     """
     from attention.processors import attention_control  # local: the loop itself does not need attention
 
