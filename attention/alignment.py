@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editing.errors import UserError
+from editing.core.errors import UserError
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from attention import alignment
-from editing.errors import UserError
+from attention.processors import attention_control
+from editing.core.errors import UserError
 
 STORE_MAX_TOKENS = 32 * 32  # maps up to 32x32 queries are averaged (the reference's memory bound)
 SELF_REPLACE_MAX_TOKENS = 16 * 16  # self-attention is injected only at <= 16x16 (the reference's choice)
@@ -42,6 +43,11 @@ class AttentionStore:
         self.step_maps: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)  # this step's maps
         self.totals: dict[tuple[str, str], list[torch.Tensor]] = {}  # summed over finished steps
         self.steps_done = 0
+
+    def installed(self, unet):
+        """The context in which this controller's processors sit on every attention layer of `unet`
+        (what the sampling loop enters)."""
+        return attention_control(unet, self)
 
     def wants(self, is_cross: bool, queries: int, step: int) -> bool:
         return queries <= self.max_tokens and (is_cross or self.store_self)

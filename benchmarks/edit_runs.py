@@ -1,5 +1,5 @@
 """Running editing.run's methods over many photos for the quality benchmarks: method specs, the
-per-edit argument namespace, and batched inversions shared by the edits of a run.
+per-edit request, and batched inversions shared by the edits of a run.
 
 A method spec is METHOD[:INVERSION]: METHOD one of editing.run's p2p, null-finetune, learned-embedding,
 imagic; INVERSION one of null-text, negative-prompt, direct, ddim (default null-text, editing.run's
@@ -13,9 +13,10 @@ import shlex
 
 import numpy as np
 
-from editing.errors import UserError
-from editing.run import EDIT_METHODS, build_parser, check_args
-from editing.speed import add_speed_options
+from editing.core.errors import UserError
+from editing.request import EDIT_METHODS, EditRequest
+from editing.run import build_parser, request_from_args
+from editing.core.speed import add_speed_options
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, invert
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
@@ -82,22 +83,18 @@ def split_run_args(text: str | None) -> list[str]:
 
 
 def edit_args(method: str, inversion: str | None, image: str, source: str, target: str,
-              options: list[str]) -> argparse.Namespace:
-    """editing.run's arguments for one edit, checked by its own check_args.
-
-    image only names the photo in summary.json; options are editing.run flags (--steps, --run-args ...).
-    """
+              options: list[str]) -> EditRequest:
+    """The EditRequest of one edit: the method spec, the prompts, and editing.run flags (--steps, --run-args ...)
+    read by editing.run's own parser. image only names the photo in summary.json."""
     argv = ["--image", image, "--source-prompt", source, "--target-prompt", target, "--method", method,
             "--quiet", *options]
     if inversion is not None:
         argv += ["--inversion", inversion]
     try:
-        args = build_parser().parse_args(argv)
-        check_args(args)
+        return request_from_args(build_parser().parse_args(argv))
     except UserError as exc:
         raise UserError(f"method {method_name(method, inversion)}: {exc} (options passed to editing.run: "
                         f"{shlex.join(options)})") from None
-    return args
 
 
 def image_key(image: np.ndarray, prompt: str) -> tuple[str, str]:
@@ -105,7 +102,7 @@ def image_key(image: np.ndarray, prompt: str) -> tuple[str, str]:
 
 
 class BatchedInversions:
-    """An invert_source for editing.run.run_edit that inverts photos batch_size at a time.
+    """An invert_source for editing.edit.run_edit that inverts photos batch_size at a time.
 
     The first request for one of the photos inverts its whole batch with that request's settings; the
     other photos of the batch are then served from the cache (each record handed out once). A photo

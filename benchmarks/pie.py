@@ -45,12 +45,13 @@ import numpy as np
 from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
 from benchmarks.metrics import decode_pie_mask, region_metrics
-from editing.cli import EXIT_OK, Parser, run_main, write_json
-from editing.errors import UserError
-from editing.image_io import prepare_image, read_image
-from editing.model import load_model
-from editing.run import run_edit
-from editing.speed import apply_speed, speed_options, speed_summary
+from editing.cli import EXIT_OK, Parser, run_main
+from editing.core.files import write_json
+from editing.core.errors import UserError
+from editing.core.image_io import prepare_image, read_image
+from editing.core.loading import load_model
+from editing.edit import run_edit
+from editing.core.speed import apply_speed, speed_options, speed_summary
 
 MAPPING_FILE = "mapping_file.json"
 IMAGE_FOLDER = "annotation_images"
@@ -174,7 +175,7 @@ def load_local(cls, path: str, flag: str, device=None):
     if not Path(path).is_dir():
         raise UserError(f"{flag} {path}: not a folder; give a local folder saved by transformers "
                         "(nothing is downloaded)")
-    from editing.model import _quiet_loading  # the toolkit's loaders keep stderr for the one-line errors
+    from editing.core.loading import _quiet_loading  # the toolkit's loaders keep stderr for the one-line errors
 
     try:
         with _quiet_loading():

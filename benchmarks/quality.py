@@ -50,13 +50,16 @@ import numpy as np
 from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
 from benchmarks.metrics import PSNR_CAP_DB, masked_psnr, ssim
-from editing.cli import EXIT_OK, Parser, run_main, write_json
-from editing.errors import UserError
-from editing.image_io import image_grid, load_image, read_image, save_image
-from editing.model import DEFAULT_MODEL_DIR, load_model
-from editing.run import run_edit
-from editing.speed import apply_speed, speed_options, speed_summary
-from inversion.invert import InversionConfig, invert, psnr, reconstruct
+from editing.cli import EXIT_OK, Parser, run_main
+from editing.core.files import write_json
+from editing.core.errors import UserError
+from editing.core.image_io import image_grid, load_image, read_image, save_image
+from editing.core.model import DEFAULT_MODEL_DIR
+from editing.core.loading import load_model
+from editing.edit import run_edit
+from editing.core.speed import apply_speed, speed_options, speed_summary
+from editing.core.metrics import psnr
+from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
@@ -156,7 +159,7 @@ def load_photos(folder: str | None, size: int) -> tuple[list[str], np.ndarray, l
 
 
 def load_photo_array(rgb: np.ndarray, size: int) -> np.ndarray:
-    from editing.image_io import prepare_image
+    from editing.core.image_io import prepare_image
 
     return prepare_image(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, -1), size)
 

@@ -6,7 +6,7 @@ The timing suite runs it side by side with the project's own NTI (inversion/inve
 the project's implementation is a measured ratio, not a claim. To keep the comparison honest it is written
 from the reference's algorithm, in our own words, and drives the diffusers components of a loaded model
 (unet, vae, text_encoder, tokenizer, and a fresh DDIM scheduler built from the model's scheduler config)
-directly: none of the project's primitives (inversion.ddim, editing.sampling, Model.unet_output) are used.
+directly: none of the project's primitives (inversion.ddim, editing.core.sampling, Model.unet_output) are used.
 
 As the reference: fp32, eager, one image, epsilon prediction.
 1. x_0 = the VAE posterior mean of the image times the latent scale (the reference's literal 0.18215 is
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from editing.errors import UserError
+from editing.core.errors import UserError
 
 # The reference's constants, named.
 REFERENCE_STEPS = 50  # NUM_DDIM_STEPS

@@ -1,6 +1,6 @@
 """Stage timings of every editing method on one loaded model: the thesis' Table 4.1 as a command.
 
-Each method runs through the library's own path (editing.run's parser, check_args and run_edit) on one
+Each method runs through the library's own path (an EditRequest and editing.edit.run_edit) on one
 model loaded once, so the figures are those of `python -m editing.run` minus model loading. Per method: one
 unmeasured warm-up run, then --repeats runs per image (methods interleaved within each repeat, so a
 machine that slows down or speeds up affects them alike), CUDA synchronised around each run and its
@@ -39,10 +39,12 @@ Exit codes: 0 done, 2 bad input or usage (one `error:` line), 1 a failure inside
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import platform
 import re
+import resource
 import statistics
 import sys
 import time
@@ -50,13 +52,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import diffusers
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editing.cli import EXIT_OK, Parser, run_main, write_json
-from editing.errors import UserError
-from editing.speed import add_speed_options, apply_speed, speed_options, speed_summary
+from benchmarks.bar_chart import stacked_bars
+from benchmarks.reference_nti import check_model, reference_null_text_inversion
+from editing import multires
+from editing.cli import EXIT_OK, Parser, run_main
+from editing.core.errors import UserError
+from editing.core.files import write_json
+from editing.core.image_io import load_image, save_image
+from editing.core.loading import load_model
+from editing.core.model import TINY_RANDOM_NAME
+from editing.core.sd_random import ARCHITECTURES
+from editing.core.speed import add_speed_options, apply_speed, speed_options, speed_summary
+from editing.edit import default_invert, inversion_config, run_edit
+from editing.imagic import DEFAULT_EMBEDDING
+from editing.learned_embedding import learn_embedding
+from editing.multires_prompt import parse_prompt
+from editing.request import EditRequest
+from inversion.invert import invert
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO / "examples" / "toy-red-circle.png"
@@ -71,17 +88,17 @@ STAGE_NAMES = ("preliminary training", "editing", "generation")
 @dataclass(frozen=True)
 class EditMethod:
     label: str  # the table's row name
-    argv: tuple[str, ...]  # what selects it in editing.run
+    request: dict  # what selects it in an EditRequest
 
 
 EDIT_METHODS = {
-    "nti-p2p": EditMethod("NTI+P2P", ("--method", "p2p", "--inversion", "null-text")),
-    "npi-p2p": EditMethod("NPI+P2P", ("--method", "p2p", "--inversion", "negative-prompt")),
-    "direct-p2p": EditMethod("Direct+P2P", ("--method", "p2p", "--inversion", "direct")),
-    "ddim-p2p": EditMethod("DDIM+P2P", ("--method", "p2p", "--inversion", "ddim")),
-    "learned-embedding": EditMethod("Learned embedding (NTI + interp.)", ("--method", "learned-embedding")),
-    "null-finetune": EditMethod("Null-text fine-tuning", ("--method", "null-finetune")),
-    "imagic": EditMethod("Imagic", ("--method", "imagic")),
+    "nti-p2p": EditMethod("NTI+P2P", {"method": "p2p", "inversion": "null-text"}),
+    "npi-p2p": EditMethod("NPI+P2P", {"method": "p2p", "inversion": "negative-prompt"}),
+    "direct-p2p": EditMethod("Direct+P2P", {"method": "p2p", "inversion": "direct"}),
+    "ddim-p2p": EditMethod("DDIM+P2P", {"method": "p2p", "inversion": "ddim"}),
+    "learned-embedding": EditMethod("Learned embedding (NTI + interp.)", {"method": "learned-embedding"}),
+    "null-finetune": EditMethod("Null-text fine-tuning", {"method": "null-finetune"}),
+    "imagic": EditMethod("Imagic", {"method": "imagic"}),
 }
 MULTIRES, REFERENCE, NTI_BATCH, EMBEDDING = "multires", "reference-nti", "nti-batch", "embedding"
 LABELS = {**{name: m.label for name, m in EDIT_METHODS.items()}, MULTIRES: "Multires TI sampling",
@@ -89,10 +106,9 @@ LABELS = {**{name: m.label for name, m in EDIT_METHODS.items()}, MULTIRES: "Mult
           EMBEDDING: "Embedding optimisation (Imagic)"}
 ALL_METHODS = (*EDIT_METHODS, MULTIRES, REFERENCE, NTI_BATCH, EMBEDDING)
 BATCH_IMAGES = 16  # nti-batch: images per batch (the GPU target is stated per image at 16)
-# timing option -> editing.run flag; None (not given) leaves the method's own default
-FORWARDED = {"steps": "--steps", "guidance": "--guidance", "inner_steps": "--inner-steps",
-             "finetune_steps": "--finetune-steps", "finetune_inner": "--finetune-inner", "embed_steps": "--embed-steps",
-             "unet_steps": "--unet-steps", "interp_steps": "--interp-steps"}
+# timing options that are EditRequest fields of the same name; None (not given) leaves the method's own default
+FORWARDED = ("steps", "guidance", "inner_steps", "finetune_steps", "finetune_inner", "embed_steps", "unet_steps",
+             "interp_steps")
 MULTIRES_CONCEPT = "timing"  # the concept learned from the image for the multires row ...
 MULTIRES_INIT_WORD = "object"  # ... starting from this word's embedding (one CLIP token) ...
 MULTIRES_PROMPT = "a photo of a <timing>"  # ... and sampled in this prompt (every band of the concept in use)
@@ -195,7 +211,6 @@ def peak_mb(device: torch.device) -> float:
             return int(found.group(1)) / 1024
     except OSError:
         pass
-    import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # macOS reports bytes, Linux KiB
@@ -233,26 +248,26 @@ def measure(runner: Runner, device: torch.device, image: int, repeat: int, image
 # ---------------------------------------------------------------- the runners
 
 
-def edit_args(method: str, image: str, options, out: Path) -> argparse.Namespace:
-    """editing.run's arguments for one method, checked by editing.run itself."""
-    from editing import run
+def edit_request(method: str, image: str, options) -> EditRequest:
+    """The EditRequest of one method's row, checked as any request is."""
+    given = {name: getattr(options, name) for name in FORWARDED if getattr(options, name) is not None}
+    return EditRequest(target_prompts=(options.target_prompt,), source_prompt=options.source_prompt, image=image,
+                       seed=options.seed, quiet=True, **EDIT_METHODS[method].request, **given)
 
-    argv = ["--image", image, "--source-prompt", options.source_prompt, "--target-prompt", options.target_prompt,
-            *EDIT_METHODS[method].argv, "--seed", str(options.seed), "--dtype", options.dtype, "--quiet",
-            "--out", str(out)]
-    for dest, flag in FORWARDED.items():
-        if getattr(options, dest) is not None:
-            argv += [flag, str(getattr(options, dest))]
-    args = run.build_parser().parse_args(argv)
-    run.check_args(args)
-    return args
+
+def run_folders(images: list[str], parent: Path) -> list[Path]:
+    """One run folder per photo, named after it; photos of the same name in different folders get -2, -3, ..."""
+    folders, seen = [], {}
+    for path in images:
+        stem = Path(path).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        folders.append(parent / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return folders
 
 
 def synchronised_invert(device: torch.device):
     """editing.run's default inversion, with the GPU synchronised at its end: the preliminary-training stage
     of p2p and null-finetune then holds all of the inversion's work."""
-    from editing.run import default_invert
-
     def invert_source(model, image, prompt, config, disable):
         record = default_invert(model, image, prompt, config, disable)
         synchronise(device)
@@ -262,13 +277,12 @@ def synchronised_invert(device: torch.device):
 
 
 def edit_runner(method: str, model, images, options, out: Path) -> Runner:
-    from editing.run import run_edit
-
-    all_args = [edit_args(method, path, options, out / "runs" / method / Path(path).stem) for path in options.images]
+    requests = [edit_request(method, path, options) for path in options.images]
+    folders = run_folders(options.images, out / "runs" / method)
     invert_source = synchronised_invert(model.device)
 
     def run(k: int, repeat: int):
-        summary = run_edit(model, images[k], all_args[k], Path(all_args[k].out), invert_source=invert_source)
+        summary = run_edit(model, images[k], requests[k], folders[k], invert_source=invert_source)
         return ({s: summary["timings_s"][s] for s in STAGES},
                 {"reconstruction_psnr_db": summary["reconstruction_psnr_db"]})
 
@@ -277,14 +291,11 @@ def edit_runner(method: str, model, images, options, out: Path) -> Runner:
 
 def multires_runner(model, images, options, out: Path) -> Runner:
     """Learn a concept from the image (preliminary training), sample one image with it (generation).
-
     The concept is learned from the image alone, without the CLI's random re-croppings: they enlarge the
     training set, not the cost of a step (a step draws a fixed batch).
 
     Raises ImportError / AttributeError when editing.multires does not offer train_concept and
     sample_prompts: the row is then listed as not available."""
-    from editing import multires
-    from editing.multires_prompt import parse_prompt
 
     train, sample, TrainConfig = multires.train_concept, multires.sample_prompts, multires.TrainConfig
     given = {"steps": options.multires_train_steps, "scales": options.multires_scales}
@@ -311,19 +322,15 @@ def fp32_copy(model):
     """The model itself if its UNet is fp32, else the same model with an fp32 copy of the UNet (eager)."""
     if model.dtype == torch.float32:
         return model
-    import copy
 
     return dataclasses.replace(model, unet=copy.deepcopy(model.unet).float(), dtype=torch.float32, fast_unet=None)
 
 
 def reference_runner(model, images, options, out: Path) -> Runner:
     """The reference NTI, timed alternately with the project's (editing.run's inversion of nti-p2p)."""
-    from benchmarks.reference_nti import check_model, reference_null_text_inversion
-    from editing.run import default_invert, inversion_config
-
     reference_model = fp32_copy(model)  # the published loop runs in fp32, whatever the project's --dtype
     check_model(reference_model)  # UserError (v-prediction): the row is then listed as not available
-    config = inversion_config(edit_args("nti-p2p", options.images[0], options, out / "runs" / REFERENCE))
+    config = inversion_config(edit_request("nti-p2p", options.images[0], options))
     device = model.device
 
     def project(k):
@@ -356,10 +363,7 @@ def reference_runner(model, images, options, out: Path) -> Runner:
 
 def nti_batch_runner(model, images, options, out: Path) -> Runner:
     """Null-text inversion (editing.run's settings) of --batch-images photos in one batch, per image."""
-    from editing.run import inversion_config
-    from inversion.invert import invert
-
-    config = inversion_config(edit_args("nti-p2p", options.images[0], options, out / "runs" / NTI_BATCH))
+    config = inversion_config(edit_request("nti-p2p", options.images[0], options))
     n = options.batch_images
 
     def run(k: int, repeat: int):
@@ -376,9 +380,6 @@ def nti_batch_runner(model, images, options, out: Path) -> Runner:
 
 def embedding_runner(model, images, options, out: Path) -> Runner:
     """Imagic's embedding optimisation (its default settings, --embed-steps if given) on one photo."""
-    from editing.imagic import DEFAULT_EMBEDDING
-    from editing.learned_embedding import learn_embedding
-
     config = DEFAULT_EMBEDDING
     if options.embed_steps is not None:
         config = dataclasses.replace(config, steps=options.embed_steps)
@@ -395,9 +396,7 @@ def embedding_runner(model, images, options, out: Path) -> Runner:
 
 
 def _run_default(name: str):
-    from editing.run import build_parser as run_parser
-
-    return run_parser().get_default(name)
+    return next(f.default for f in dataclasses.fields(EditRequest) if f.name == name)
 
 
 def make_runner(method: str, model, images, options, out: Path) -> tuple[Runner | None, str]:
@@ -448,8 +447,6 @@ def reference_ratio(runs: list[Run]) -> dict:
 
 
 def environment(model, options, argv) -> dict:
-    import diffusers
-
     device = model.device
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -467,9 +464,6 @@ def environment(model, options, argv) -> dict:
 
 
 def random_weights(model) -> bool:
-    from editing.model import TINY_RANDOM_NAME
-    from editing.sd_random import ARCHITECTURES
-
     return model.name == TINY_RANDOM_NAME or model.name in ARCHITECTURES
 
 
@@ -513,9 +507,6 @@ def write_markdown(path: Path, report: dict) -> None:
 
 
 def write_chart(path: Path, report: dict) -> None:
-    from benchmarks.bar_chart import stacked_bars
-    from editing.image_io import save_image
-
     entries = list(report["methods"].values())
     segments = [[e["stages_s"][s] if e["available"] else None for s in STAGES] for e in entries]
     notes = ["not available" if not e["available"] else "" for e in entries]
@@ -533,8 +524,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     options = build_parser().parse_args(argv)
     check_args(options)
-    from editing.image_io import load_image
-    from editing.model import load_model
 
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -542,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = list(dict.fromkeys(options.methods))  # in the order given, each once
     for method in methods:  # bad options fail here, before the model is loaded
         if method in EDIT_METHODS:
-            edit_args(method, options.images[0], options, out)
+            edit_request(method, options.images[0], options)
     model = load_model(options.model, device=options.device, dtype=options.dtype)
     apply_speed(model, speed_options(options))
     device = model.device

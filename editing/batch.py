@@ -48,11 +48,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from editing import run
-from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main, write_json
-from editing.errors import UserError
-from editing.image_io import load_image
-from editing.model import load_model
-from editing.speed import apply_speed, speed_options
+from editing.edit import dtype_name, edit_identity, inversion_config, run_edit
+from editing.request import EditRequest
+from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
+from editing.core.files import write_json
+from editing.core.errors import UserError
+from editing.core.image_io import load_image
+from editing.core.loading import load_model
+from editing.core.speed import apply_speed, speed_options
 from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion, combine, fingerprint_parts
 
@@ -72,8 +75,6 @@ SHARD_WAIT_TIMEOUT = timedelta(hours=48)
 # Options that hold for the whole batch: one model for all images, outputs and inversions named by the batch.
 BATCH_LEVEL = ("image", "out", "model", "device", "dtype", "save_inversion", "inversion_file", "config",
                "quiet", "debug")
-# summary.json entries that must match (besides the image's path) for a finished folder to count as this edit.
-SAME_EDIT_KEYS = ("model", "method", "source_prompt", "target_prompts", "seed", "steps", "guidance")
 PIE_BENCH_KEYS = ("image_path", "original_prompt", "editing_prompt")
 
 
@@ -118,7 +119,7 @@ class Job:
     index: int  # position in the whole batch (every process numbers the images the same way)
     name: str
     image: str
-    args: argparse.Namespace | None
+    request: EditRequest | None
     error: str | None = None
 
 
@@ -182,7 +183,7 @@ def shared_options(rest: list[str], has_manifest: bool) -> argparse.Namespace:
     if not has_manifest:
         if not args.target_prompt:
             raise UserError("give --target-prompt (repeatable), or a --manifest with prompts per image")
-        run.check_args(args)
+        EditRequest.from_options(vars(args))  # checked now: a bad shared option stops the batch before any work
     return args
 
 
@@ -312,14 +313,14 @@ def find_jobs(batch: argparse.Namespace, shared: argparse.Namespace) -> list[Job
         args = entry_options(shared, spec.options, f"{batch.manifest} entry {spec.name}") if spec.options \
             else argparse.Namespace(**vars(shared))
         args.image, args.quiet = spec.image, not batch.verbose
+        request, error = None, None
         try:
             if not args.target_prompt:
                 raise UserError("no target prompt: give --target-prompt or target_prompt in the manifest")
-            run.check_args(args)
-            error = None
+            request = EditRequest.from_options(vars(args))
         except UserError as exc:
             error = str(exc)
-        jobs.append(Job(index, name, spec.image, args, error))
+        jobs.append(Job(index, name, spec.image, request, error))
     return jobs
 
 
@@ -333,20 +334,21 @@ def finished_summary(folder: Path) -> dict | None:
     return summary if all((folder / str(n)).is_file() for n in outputs) else None
 
 
-def same_edit(summary: dict, args: argparse.Namespace, model) -> bool:
-    if os.path.abspath(str(summary.get("image"))) != os.path.abspath(args.image):  # the same photo, however named
+def same_edit(summary: dict, request: EditRequest, model) -> bool:
+    """Whether a finished folder holds this edit: the same photo, model, precision and every request option
+    that changes the pixels (method, inversion, P2P settings, blend words, method options, ...)."""
+    if os.path.abspath(str(summary.get("image"))) != os.path.abspath(request.image):  # the same photo, however named
         return False
-    wanted = {"model": model.name, "method": args.method,
-              "source_prompt": args.source_prompt, "target_prompts": list(args.target_prompt), "seed": args.seed,
-              "steps": args.steps, "guidance": args.guidance}
-    return all(summary.get(k) == wanted[k] for k in SAME_EDIT_KEYS)
+    if summary.get("model") != model.name or summary.get("dtype") != dtype_name(model.dtype):
+        return False
+    return summary.get("request") == edit_identity(request)
 
 
 def entry(job: Job, status: str, error: str | None = None, summary: dict | None = None, **extra) -> dict:
     """One image's line of the report."""
     summary = summary or {}
     return {"index": job.index, "name": job.name, "image": job.image, "status": status, "error": error,
-            "method": None if job.args is None else job.args.method,
+            "method": None if job.request is None else job.request.method,
             "timings_s": summary.get("timings_s", {}), "reconstruction_psnr_db": summary.get("reconstruction_psnr_db"),
             "folder": job.name if summary else None, "inversion": None, **extra}
 
@@ -358,9 +360,9 @@ def triage(job: Job, out: Path, model, batch) -> dict | None:
     summary = finished_summary(out / job.name)
     if summary is None or batch.overwrite:
         return None
-    if not same_edit(summary, job.args, model):
+    if not same_edit(summary, job.request, model):
         return entry(job, "failed", f"{out / job.name} holds a finished edit with other settings (image, prompts, "
-                                    "method, seed, steps or model); pass --overwrite to replace it, or another --out")
+                                    "model or any editing option); pass --overwrite to replace it, or another --out")
     if not batch.resume:
         return entry(job, "failed", f"{out / job.name} is finished and --no-resume was given; pass --overwrite "
                                     "to edit it again")
@@ -375,11 +377,11 @@ def invert_ahead(cache: InversionCache, model, loaded: list[tuple[Job, np.ndarra
     """Batched inversion of the loaded photos whose source inversion is not cached yet, one call per config."""
     groups: dict[InversionConfig, dict[str, tuple[np.ndarray, str]]] = {}
     for job, image in loaded:
-        if job.args.method in run.SOURCE_METHODS:
-            config = run.inversion_config(job.args)
-            key = cache.key(model, image, job.args.source_prompt, config)
+        if job.request.uses_source:
+            config = inversion_config(job.request)
+            key = cache.key(model, image, job.request.source_prompt, config)
             if not cache.path(key).is_file():
-                groups.setdefault(config, {})[key] = (image, job.args.source_prompt)
+                groups.setdefault(config, {})[key] = (image, job.request.source_prompt)
     for config, todo in groups.items():
         images, prompts = zip(*todo.values())
         try:
@@ -392,13 +394,13 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
              debug: bool) -> dict:
     folder = out / job.name
     key = None
-    if job.args.method in run.SOURCE_METHODS:
-        key = cache.key(model, image, job.args.source_prompt, run.inversion_config(job.args))
+    if job.request.uses_source:
+        key = cache.key(model, image, job.request.source_prompt, inversion_config(job.request))
     try:
         (folder / "summary.json").unlink(missing_ok=True)  # else old outputs beside new ones would look finished
         for stale in folder.glob(".*.tmp"):  # what a killed run was writing when it died
             stale.unlink()
-        summary = run.run_edit(model, image, job.args, folder, invert_source=cache)
+        summary = run_edit(model, image, job.request, folder, invert_source=cache)
     except Exception as exc:  # this image fails; the batch goes on
         if debug:
             traceback.print_exc()
@@ -428,7 +430,7 @@ def run_shard(jobs: list[Job], model, cache: InversionCache, out: Path, batch, e
             for job in todo[start:start + batch_size]:
                 t0 = time.perf_counter()
                 try:
-                    image = load_image(job.image, model.resolution, run.parse_crop(job.args.crop))
+                    image = load_image(job.image, model.resolution, job.request.crop)
                     loaded.append((job, image, time.perf_counter() - t0))
                 except Exception as exc:
                     entries[job.index] = entry(job, "failed", describe(exc))

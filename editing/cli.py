@@ -3,17 +3,14 @@ atomic JSON output."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from editing.errors import UserError
+from editing.core.errors import UserError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -68,19 +65,6 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None) -
         if getattr(args, dest) is None:
             setattr(args, dest, value)
     return args
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from editing.errors import NonFiniteError, UserError
+from editing.core.errors import NonFiniteError, UserError
 
 # Steps between reads of the loss on the host: each read waits for the GPU, so reading every step would
 # serialise the loop; a NaN is still caught within this many steps (and at the end).

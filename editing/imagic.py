@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from editing.embedding import EmbeddingConfig, optimise_embedding
-from editing.errors import UserError
+from editing.core.errors import UserError
 from editing.learned_embedding import learn_embedding
-from editing.sampling import Conditioning, sample
-from inversion.ddim import DDIMSchedule
+from editing.core.sampling import Conditioning, sample
+from editing.core.ddim import DDIMSchedule
 
 DEFAULT_EMBEDDING = EmbeddingConfig(steps=500, lr=1e-3, l2=0.0)
 DEFAULT_UNET = EmbeddingConfig(steps=1000, lr=2e-6, l2=0.0)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from editing.embedding import EmbeddingConfig, optimise_embedding
-from editing.errors import UserError
-from editing.sampling import Conditioning, sample
-from inversion.ddim import DDIMSchedule
+from editing.core.errors import UserError
+from editing.core.sampling import Conditioning, sample
+from editing.core.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion
 

@@ -47,14 +47,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from editing.cli import EXIT_OK, Parser, run_main, write_json
+from editing.cli import EXIT_OK, Parser, run_main
+from editing.core.files import write_json
 from editing.embedding import EmbeddingConfig, optimise_embedding
-from editing.errors import UserError
-from editing.image_io import Crop, image_grid, prepare_image, read_image, save_image
-from editing.model import DTYPES, load_model
+from editing.core.errors import UserError
+from editing.core.image_io import Crop, image_grid, prepare_image, read_image, save_image
+from editing.core.model import DTYPES
+from editing.core.loading import load_model
 from editing.multires_prompt import METHODS, NAME, Piece, PseudoWord, check_names, parse_prompt, with_method, words
-from editing.sampling import Conditioning, sample
-from inversion.ddim import DDIMSchedule
+from editing.core.sampling import Conditioning, sample
+from editing.core.ddim import DDIMSchedule
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 DEFAULT_SCALES = 10  # n: the paper's ten resolutions

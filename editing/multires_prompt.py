@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from editing.errors import UserError
+from editing.core.errors import UserError
 
 METHODS = ("fixed", "semi", "fully")
 # opening bracket -> (closing bracket, method)

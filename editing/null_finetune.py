@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from editing.errors import UserError
-from editing.sampling import Conditioning, sample
-from inversion.ddim import DDIMSchedule, ddim_inversion
+from editing.core.errors import UserError
+from editing.core.sampling import Conditioning, sample
+from editing.core.ddim import DDIMSchedule
+from inversion.ddim import ddim_inversion
 from inversion.null_text import NullTextConfig, optimise_nulls
 from inversion.record import Inversion
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attention.controllers import P2PConfig, PromptToPrompt
-from editing.sampling import Conditioning, sample
-from inversion.ddim import DDIMSchedule
+from editing.core.sampling import Conditioning, sample
+from editing.core.ddim import DDIMSchedule
 from inversion.record import Inversion, source_anchors
 
 

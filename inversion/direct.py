@@ -12,8 +12,8 @@ from typing import Sequence
 
 import torch
 
-from editing.sampling import guided_output
-from inversion.ddim import DDIMSchedule, sampling_step
+from editing.core.sampling import guided_output
+from editing.core.ddim import DDIMSchedule, sampling_step
 
 
 @torch.no_grad()

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from editing.errors import UserError
-from editing.sampling import Conditioning, check_finite, sample
-from inversion.ddim import DDIMSchedule, ddim_inversion
+from editing.core.errors import UserError
+from editing.core.sampling import Conditioning, check_finite, sample
+from editing.core.ddim import DDIMSchedule
+from inversion.ddim import ddim_inversion
 from inversion.direct import direct_offsets
 from inversion.null_text import NullTextConfig, optimise_nulls
 from inversion.record import METHODS, Inversion, embedding_digest, fingerprint_parts, source_anchors
@@ -116,8 +117,3 @@ def reconstruct(model, records: list[Inversion], disable: bool = False) -> np.nd
                 desc="reconstruction")
     return model.decode_latents(x0)
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 images."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))

@@ -12,7 +12,7 @@ starting from already learned embeddings.
 
 Batched: every row is an image with its own embeddings, learning rate schedule and early stop. The UNet
 may run in half precision; the embeddings, the Adam state and the loss stay in fp32. With a compiled UNet
-(editing.speed) every inner step runs the whole batch, so one graph serves all of it; rows that stopped
+(editing.core.speed) every inner step runs the whole batch, so one graph serves all of it; rows that stopped
 early keep their embedding, so the results are those of the plain path, which runs only the active rows.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from editing.errors import NonFiniteError
-from editing.sampling import guided_output
-from inversion.ddim import DDIMSchedule, sampling_step
+from editing.core.errors import NonFiniteError
+from editing.core.sampling import guided_output
+from editing.core.ddim import DDIMSchedule, sampling_step
 
 
 @dataclass(frozen=True)

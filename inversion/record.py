@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from editing.errors import UserError
-from editing.sampling import Anchors
+from editing.core.errors import UserError
+from editing.core.sampling import Anchors
 
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
 FORMAT_VERSION = 2  # 2: DirectInversion records always carry their trajectory (the anchors)

@@ -34,7 +34,7 @@ PHOTOS = (("chelsea", "a photo of a cat"), ("astronaut", "an astronaut in a whit
 @pytest.fixture(scope="session")
 def tiny_model():
     """load_model("tiny-random"): the seeded random SD-shaped model, epsilon prediction, fp32 on the CPU."""
-    from editing.model import load_model
+    from editing.core.loading import load_model
 
     return load_model("tiny-random", device="cpu", dtype="fp32")
 
@@ -42,7 +42,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def default_model():
     """load_model(None): the embedded toy-world model, fp32 on the CPU (tests that change it restore it)."""
-    from editing.model import load_model
+    from editing.core.loading import load_model
 
     return load_model(None, device="cpu")
 
@@ -50,7 +50,7 @@ def default_model():
 @pytest.fixture(scope="session")
 def tiny_v_model():
     """The same architecture and seed with a v-prediction scheduler, fp32 on the CPU."""
-    from editing.model import _place, build_tiny_model
+    from editing.core.model import _place, build_tiny_model
 
     return _place(build_tiny_model(prediction_type="v_prediction"), "tiny-v", torch.device("cpu"), torch.float32)
 
@@ -60,7 +60,7 @@ def session_photos() -> np.ndarray:
     """The photos of `photos`, shared by the whole session (for module-scoped fixtures): never modify it."""
     import skimage.data
 
-    from editing.image_io import prepare_image
+    from editing.core.image_io import prepare_image
 
     return np.stack([prepare_image(getattr(skimage.data, name)(), PHOTO_SIZE) for name, _ in PHOTOS])
 

@@ -15,7 +15,7 @@ from attention.alignment import (
     word_token_indices,
     words_of,
 )
-from editing.errors import UserError
+from editing.core.errors import UserError
 
 TOKENIZER_DIR = Path(__file__).parents[1] / "editing" / "assets" / "clip_tokenizer"
 L = 77

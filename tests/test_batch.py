@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from editing import batch as batch_module, run
+from editing.edit import inversion_config
 from editing.batch import InversionCache
 from editing.cli import run_main
-from editing.image_io import load_image, read_image
-from editing.model import load_model
+from editing.core.image_io import load_image, read_image
+from editing.core.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "a red circle on a gray background"
@@ -159,9 +160,10 @@ def test_a_killed_run_restarts_and_finishes_without_inverting_again(tmp_path):
     assert finished[0] == GOOD[0] and len(finished) < len(GOOD), "the kill came too late to test a restart"
     inverted = cache_times(out)
     model = load_model(None, device="cpu")
-    args = run.build_parser().parse_args(["--image", "-", "--target-prompt", TARGET, *TINY, "--steps", "4"])
+    args = run.build_parser().parse_args(["--image", "-", "--source-prompt", SOURCE, "--target-prompt", TARGET, *TINY,
+                                          "--steps", "4"])
     first = InversionCache(out).key(model, load_image(photos / "a-circle.png", model.resolution), SOURCE,
-                                    run.inversion_config(args))
+                                    inversion_config(run.request_from_args(args)))
     assert f"{first}.safetensors" in inverted
 
     assert batch(folder_argv(photos, out, "--steps", "4")) == 0

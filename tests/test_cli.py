@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from editing import run as run_module
+from editing import edit as edit_module, run as run_module
 from editing.cli import run_main
-from editing.image_io import load_image, read_image
-from inversion.invert import psnr
+from editing.core.image_io import load_image, read_image
+from editing.core.metrics import psnr
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "chelsea.png"
@@ -124,7 +124,7 @@ def no_inversion(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the inversion started before the input was checked")
 
-    monkeypatch.setattr(run_module, "invert", refuse)
+    monkeypatch.setattr(edit_module, "invert", refuse)
 
 
 # ---------------------------------------------------------------- the contract
@@ -315,7 +315,7 @@ def test_failure_inside_the_run_exits_1(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the sampler fell over")
 
-    monkeypatch.setattr(run_module, "edit_p2p", broken)
+    monkeypatch.setattr(edit_module, "edit_p2p", broken)
     assert cli(edit_argv(tmp_path, "--inversion", "ddim")) == 1
     line = one_error_line(capsys)
     assert "the sampler fell over" in line and "--debug" in line

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from inversion.ddim import (DDIMSchedule, ddim_inversion, ddim_move, inversion_step, sampling_step,
-                            split_output)
+from editing.core.ddim import DDIMSchedule, ddim_move, inversion_step, sampling_step, split_output
+from inversion.ddim import ddim_inversion
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 STEP_COUNTS = (10, 50, 7)  # 7 does not divide 1000: stride 142, timesteps 1..853

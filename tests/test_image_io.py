@@ -1,4 +1,4 @@
-"""Tests for editing.image_io: reading any photo as upright uint8 RGB, cropping, atomic saving, grids."""
+"""Tests for editing.core.image_io: reading any photo as upright uint8 RGB, cropping, atomic saving, grids."""
 
 import os
 
@@ -8,9 +8,9 @@ import pytest
 import skimage.data
 from PIL import Image, ImageOps
 
-from editing import image_io
-from editing.errors import UserError
-from editing.image_io import Crop, image_grid, load_image, prepare_image, read_image, save_image
+from editing.core import image_io
+from editing.core.errors import UserError
+from editing.core.image_io import Crop, image_grid, load_image, prepare_image, read_image, save_image
 
 
 def asymmetric_rgb(height: int = 40, width: int = 64) -> np.ndarray:

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from editing.embedding import EmbeddingConfig, noised, optimise_embedding
-from editing.errors import UserError
+from editing.core.errors import UserError
 from editing.imagic import ImagicConfig, finetuned_unet
 from editing.learned_embedding import LearnedEmbeddingConfig, edit_learned_embedding, generate, learn_embedding
 from editing.null_finetune import NullFinetuneConfig, edit_null_finetune, finetune_nulls, pivot
-from editing.sampling import Conditioning, sample
-from inversion.ddim import DDIMSchedule
+from editing.core.sampling import Conditioning, sample
+from editing.core.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
 
@@ -50,7 +50,7 @@ def fixed_loss(model, latents, emb, samples=64):
 
 def test_embedding_optimisation_lowers_the_loss(default_model):
     """On the trained default model, a wrong caption's embedding learns to denoise the photo better."""
-    from editing.image_io import load_image
+    from editing.core.image_io import load_image
 
     latents = default_model.encode_images(load_image(TOY, default_model.resolution)[None])
     emb = default_model.encode_prompts(["a green triangle on a white background"]).clone()
@@ -211,7 +211,7 @@ def test_imagic_restores_the_weights_after_an_error(tiny_model):
 
 
 def test_imagic_refuses_half_precision():
-    from editing.model import _place, build_tiny_model
+    from editing.core.model import _place, build_tiny_model
 
     model = _place(build_tiny_model(), "tiny-bf16", torch.device("cpu"), torch.bfloat16)
     with pytest.raises(UserError, match="fp32"):
@@ -272,7 +272,7 @@ def test_cli_method_errors(tmp_path, capsys, argv, message):
 
 
 def test_embedding_optimiser_reports_a_nan(tiny_model, photos):
-    from editing.errors import NonFiniteError
+    from editing.core.errors import NonFiniteError
 
     emb = tiny_model.encode_prompts([""]).clone()
     with pytest.raises(NonFiniteError, match="NaN"):

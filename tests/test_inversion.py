@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from editing.errors import NonFiniteError, UserError
-from editing.model import Model, _place, build_tiny_model
-from editing.sampling import sample
+from editing.core.errors import NonFiniteError, UserError
+from editing.core.model import Model, _place, build_tiny_model
+from editing.core.sampling import sample
 from inversion import record as record_module
-from inversion.ddim import DDIMSchedule, sampling_step
-from inversion.invert import InversionConfig, invert, psnr, reconstruct, source_conditioning
+from editing.core.ddim import DDIMSchedule, sampling_step
+from editing.core.metrics import psnr
+from inversion.invert import InversionConfig, invert, reconstruct, source_conditioning
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS, Inversion, source_anchors
 

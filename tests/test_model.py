@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from editing.errors import UserError
-from editing.model import Model, _place, build_tiny_model, load_model, pick_device, pick_dtype
+from editing.core.errors import UserError
+from editing.core.model import Model, _place, build_tiny_model, pick_device, pick_dtype
+from editing.core.loading import load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,7 @@ def test_fingerprint_is_the_same_in_another_process(tiny_model):
     other_seed = "1" if seed in (None, "random", "0") else str(int(seed) + 1)
     env = dict(os.environ, PYTHONHASHSEED=other_seed, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    code = ("from editing.model import load_model; "
+    code = ("from editing.core.loading import load_model; "
             "print(load_model('tiny-random', device='cpu').fingerprint)")
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300)
@@ -117,7 +118,7 @@ def test_v_prediction_survives_rebuilding_the_scheduler_from_its_config(tiny_v_m
     from its config (as _from_pipeline and diffusers do) silently went back to epsilon."""
     from diffusers import DDIMScheduler
 
-    from editing.model import ddim_scheduler
+    from editing.core.model import ddim_scheduler
 
     assert DDIMScheduler.from_config(tiny_v_model.scheduler.config).config.prediction_type == "v_prediction"
     assert ddim_scheduler(dict(tiny_v_model.scheduler.config)).config.prediction_type == "v_prediction"
@@ -158,7 +159,7 @@ def test_file_that_is_not_a_model(tmp_path):
 
 
 def test_unknown_hub_id_names_the_cache():
-    from editing.model import _hub_cache_dir
+    from editing.core.loading import _hub_cache_dir
 
     with pytest.raises(UserError) as excinfo:
         load_model("nobody-here/no-such-model-xyz", device="cpu")

@@ -15,13 +15,14 @@ import torch
 
 from editing import multires
 from editing.cli import run_main
-from editing.errors import UserError
-from editing.image_io import save_image
-from editing.model import build_tiny_model, load_model
+from editing.core.errors import UserError
+from editing.core.image_io import save_image
+from editing.core.model import build_tiny_model
+from editing.core.loading import load_model
 from editing.multires import Concept, TrainConfig, conditioning_schedule, embedding_at, encode_prompt, \
     load_concept, load_concepts, save_concept, train_concept, word_vector
 from editing.multires_prompt import PseudoWord, check_names, parse_prompt, render, with_method, words
-from inversion.ddim import DDIMSchedule
+from editing.core.ddim import DDIMSchedule
 from toyworld.world import Scene, Shape, render as render_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -354,7 +355,7 @@ def test_sample_grid(tmp_path, default_concept):
     out = tmp_path / "grid"
     assert cli(["sample", "--concepts", concepts / "redthing.safetensors", "--prompt", "a <redthing(0.5)>",
                 "--grid", "--grid-times", "0,1", "--steps", 4, "--out", out, "--quiet"]) == 0
-    from editing.image_io import read_image
+    from editing.core.image_io import read_image
 
     grid = read_image(out / "grid.png")
     assert grid.shape[1] == 2 * 64 and grid.shape[0] > 3 * 64  # 3 method rows x 2 times, caption bands below

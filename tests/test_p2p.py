@@ -8,12 +8,12 @@ import torch
 from attention.controllers import AttentionStore, BlendConfig, P2PConfig, PromptToPrompt
 from attention.heatmaps import cross_attention_heatmaps, self_attention_components
 from attention.processors import ControlledAttnProcessor, attention_control
-from editing.errors import UserError
-from editing.image_io import prepare_image
-from editing.model import load_model
+from editing.core.errors import UserError
+from editing.core.image_io import prepare_image
+from editing.core.loading import load_model
 from editing.p2p import edit_conditioning, edit_p2p
-from editing.sampling import sample
-from inversion.ddim import DDIMSchedule
+from editing.core.sampling import sample
+from editing.core.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert, reconstruct
 
 STEPS = 4  # enough steps for the schedules to switch on and off; keeps the file fast

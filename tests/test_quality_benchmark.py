@@ -9,7 +9,7 @@ from skimage.metrics import structural_similarity
 from benchmarks.metrics import decode_pie_mask, encode_pie_mask, region_metrics, ssim
 from benchmarks.quality import main, masked_psnr, unchanged_region
 from editing.cli import run_main
-from editing.image_io import read_image, save_image
+from editing.core.image_io import read_image, save_image
 from toyworld.world import edit_pairs
 
 
@@ -221,7 +221,7 @@ def test_clip_and_dino_scores_from_local_folders(tmp_path):
         ViTImageProcessor, ViTModel
 
     from benchmarks.pie import ClipScore, DinoSimilarity, score_entry
-    from editing.model import TOKENIZER_DIR
+    from editing.core.model import TOKENIZER_DIR
 
     torch.manual_seed(0)
     tiny = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
@@ -244,7 +244,7 @@ def test_clip_and_dino_scores_from_local_folders(tmp_path):
 
 def test_missing_clip_folder_is_a_usage_error(tmp_path):
     from benchmarks.pie import load_local
-    from editing.errors import UserError
+    from editing.core.errors import UserError
     from transformers import CLIPModel
 
     with pytest.raises(UserError, match="nothing is downloaded"):

@@ -3,7 +3,7 @@ device: no memory, no time)."""
 import pytest
 import torch
 
-from editing.sd_random import ARCHITECTURES, build_sd_random
+from editing.core.sd_random import ARCHITECTURES, build_sd_random
 
 # parameter counts of the released checkpoints' components (UNet, VAE, text encoder)
 RELEASED = {"sd15-random": (859_520_964, 83_653_863, 123_060_480),

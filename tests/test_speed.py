@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from editing.errors import UserError
-from editing.model import Model
+from editing.core.errors import UserError
+from editing.core.model import Model
 from editing.p2p import edit_p2p
 from editing.run import build_parser
-from editing.speed import CompiledUNet, SpeedOptions, apply_speed, speed_options, speed_summary
+from editing.core.speed import CompiledUNet, SpeedOptions, apply_speed, speed_options, speed_summary
 from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
 

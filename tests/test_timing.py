@@ -16,7 +16,7 @@ from benchmarks import timing
 from benchmarks.bar_chart import nice_step, stacked_bars
 from benchmarks.reference_nti import check_model, reference_null_text_inversion
 from editing.cli import run_main
-from editing.errors import UserError
+from editing.core.errors import UserError
 from inversion.invert import InversionConfig, invert
 from inversion.null_text import NullTextConfig
 

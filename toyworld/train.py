@@ -15,7 +15,7 @@ Stages, all on the CPU, seeded and counted in steps (the same command and thread
    min-SNR-5 loss weights, 10 % of captions dropped to "" (classifier-free guidance), AdamW, linear warm-up
    then cosine decay, an EMA of both networks' weights (what is saved);
 5. save the pipeline in diffusers format (weights in fp16, loaded back in fp32) to `OUT.tmp-<pid>`, check it
-   loads through `editing.model.load_model` and `StableDiffusionPipeline.from_pretrained`, score it (VAE
+   loads through `editing.core.model.load_model` and `StableDiffusionPipeline.from_pretrained`, score it (VAE
    PSNR on held-out renders; text-to-image attribute accuracy with the checker, DDIM 50 steps, CFG 7.5),
    write `training.json`, then rename the folder to OUT (replacing an older one).
 
@@ -301,7 +301,7 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer) -> float:
     """Save in diffusers format with fp16 weights; configs say float32 so every loader upcasts."""
     from diffusers import StableDiffusionPipeline
 
-    from editing.model import TOKENIZER_DIR, ddim_scheduler
+    from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 
     scheduler = ddim_scheduler()  # SD's schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     scheduler.register_to_config(prediction_type="epsilon")
@@ -341,11 +341,11 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: list, disable: bool) -> dict:
-    """Score the saved folder as users load it: VAE round trip through editing.model.load_model, and
+    """Score the saved folder as users load it: VAE round trip through editing.core.model.load_model, and
     text-to-image through StableDiffusionPipeline.from_pretrained with its DDIM scheduler."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from editing.model import load_model
+    from editing.core.loading import load_model
 
     model = load_model(str(folder), device="cpu", dtype="fp32")
     dtypes = {n: str(next(m.parameters()).dtype) for n, m in
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     from transformers import CLIPTokenizer
 
-    from editing.model import TOKENIZER_DIR, ddim_scheduler
+    from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 
     out = Path(args.out).resolve()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae_psnr_db_heldout": round(ev["vae_psnr_db"], 3), "vae_psnr_db_heldout_fp32": round(vae_psnr_fp32, 3),
         "vae_psnr_db_heldout_min": round(ev["vae_psnr_db_min"], 3), "vae_psnr_n": ev["vae_n"],
         "attribute_accuracy": acc, "eval_sampler": ev["eval_sampler"],
-        "loaded_dtypes": {"editing.model.load_model": ev["loaded_dtypes_load_model"],
+        "loaded_dtypes": {"editing.core.model.load_model": ev["loaded_dtypes_load_model"],
                           "StableDiffusionPipeline.from_pretrained": ev["loaded_dtypes_pipeline"]},
         "versions": {"torch": torch.__version__, **_versions()},
     }

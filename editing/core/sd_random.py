@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from editing.core.model import TOKENIZER_DIR, ddim_scheduler
+
 SD_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
     block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -41,8 +43,6 @@ def build_sd_random(name: str, seed: int = 0):
     """(unet, vae, text_encoder, tokenizer, scheduler) of an SD architecture with seeded random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from editing.model import TOKENIZER_DIR, ddim_scheduler
 
     spec = ARCHITECTURES[name]
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import uuid
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from editing.errors import UserError
+from editing.core.errors import UserError
+from editing.core.files import atomic_write
 
 PathLike = str | os.PathLike
 
@@ -126,7 +126,7 @@ def load_image(path: PathLike, size: int, crop: Crop = Crop()) -> np.ndarray:
 
 
 def save_image(path: PathLike, rgb: np.ndarray) -> None:
-    """Write a PNG atomically: to a temporary name in the same folder, then os.replace, so no half-written file is ever left.
+    """Write a PNG atomically (editing.core.files), so no half-written file is ever left.
 
     Creates the folder if needed. Raises UserError if the name does not end in .png or the file cannot be written.
     """
@@ -137,22 +137,7 @@ def save_image(path: PathLike, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode a {rgb.shape} image as PNG")
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: never write into someone else's file; 0o666 lets the umask give the usual permissions.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as file:
-            file.write(encoded.tobytes())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {error.strerror or error}; check the folder is writable") from error
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write(path, encoded.tobytes())
 
 
 def image_grid(images: list[np.ndarray], captions: list[str], cols: int | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editing.errors import UserError
+from editing.core.errors import UserError
 
 COMPILE_MODES = {"off": None, "default": "default", "graphs": "reduce-overhead"}
 

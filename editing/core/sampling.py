@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from inversion.ddim import DDIMSchedule, sampling_step
+from editing.core.ddim import DDIMSchedule, sampling_step
+from editing.core.errors import NonFiniteError
 
 Embeddings = torch.Tensor | Sequence[torch.Tensor]  # (B, L, D) for every step, or one (B, L, D) per step
 
@@ -50,6 +51,14 @@ class Anchors:
         return torch.where(self.rows.view(-1, 1, 1, 1).to(x.device), self.latents[i].to(x), x)
 
 
+class Controller(Protocol):
+    """What the sampling loop needs of an attention controller (Prompt-to-Prompt's, in attention/)."""
+
+    def installed(self, unet) -> ContextManager: ...  # the processors act inside this block, restored after
+
+    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor: ...  # e.g. local blend
+
+
 def guided_output(model, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance: float, attention_kwargs: dict | None = None) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans): out_u + w (out_c - out_u), both halves in one UNet call.
@@ -61,9 +70,7 @@ def guided_output(model, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: to
     return out_u + guidance * (out_c - out_u)
 
 
-def non_finite(what: str):
-    from editing.errors import NonFiniteError
-
+def non_finite(what: str) -> NonFiniteError:
     return NonFiniteError(f"{what} became NaN or infinite (in fp16 this is usually an overflow: "
                           f"try --dtype bf16 or fp32)")
 
@@ -76,7 +83,7 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 @torch.no_grad()
 def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMSchedule,
            guidance: float, *, offsets: Sequence[torch.Tensor] | None = None, anchors: Anchors | None = None,
-           controller=None, callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+           controller: Controller | None = None, callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
            return_trajectory: bool = False, disable: bool = False, desc: str = "sampling"):
     """Run DDIM sampling from x_T (B, C, h, w) and return x_0 (and the trajectory [x_T, ..., x_0]).
 
@@ -85,12 +92,10 @@ def sample(model, x_T: torch.Tensor, conditioning: Conditioning, schedule: DDIMS
     the duration of the loop; it receives the step index explicitly and may replace the latent after each
     step (local blend). callback(i, x) may return a replacement latent.
     """
-    from attention.processors import attention_control  # local: the loop itself does not need attention
-
     x = x_T
     trajectory = [x] if return_trajectory else None
     first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # the first step with a NaN/inf latent
-    scope = attention_control(model.unet, controller) if controller is not None else nullcontext()
+    scope = controller.installed(model.unet) if controller is not None else nullcontext()
     with scope:
         for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=disable, leave=False)):
             cond, uncond = conditioning.at(i)
