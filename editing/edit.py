@@ -24,6 +24,7 @@ from editing.core.metrics import peak_memory_mb, psnr
 from editing.core.model import DTYPES
 from editing.core.speed import speed_summary
 from editing.embedding import EmbeddingConfig
+from editing.finetune_embedding import FinetuneEmbeddingConfig, edit_finetune_embedding
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
     DEFAULT_UNET as IMAGIC_UNET, ImagicConfig, edit_imagic
 from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT_ETA as LE_ETA, \
@@ -182,8 +183,27 @@ def run_imagic(model, image, request: EditRequest, invert_source, disable) -> Me
     return MethodOutput(reconstruction, edits, times, sweeps, summary)
 
 
+def run_finetune_embedding(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
+    k = min(DEFAULT_K if request.finetune_steps is None else request.finetune_steps, request.steps)
+    config = FinetuneEmbeddingConfig(embedding=embedding_config(request, LE_EMBEDDING), steps=k,
+                                     null_text=NullTextConfig(inner_steps=request.finetune_inner))
+    strip = sweep_values(request.sweep_k, request.steps, "--sweep-k", int) if request.sweep else []
+    edits, times, sweeps, reconstruction = [], stage_times(0.0, 0.0, 0.0), [], None
+    for target in request.target_prompts:
+        result = edit_finetune_embedding(model, image, target, config, inversion_config(request),
+                                         generator=generator(model, request.seed), strip=strip, disable=disable)
+        reconstruction = result.reconstruction if reconstruction is None else reconstruction
+        edits.append(result.edit)
+        times = {key: times[key] + result.timings_s[key] for key in times}
+        if strip:
+            sweeps.append((image_grid(result.strip, [f"K={k}" for k in strip]), target))
+    summary = {"inversion": request.inversion, "steps": request.steps, "guidance": request.guidance,
+               "finetune_embedding": config.to_dict(), "note": "reconstruction: e_opt of the first target alone"}
+    return MethodOutput(reconstruction, edits, times, sweeps, summary)
+
+
 METHODS = {"p2p": run_p2p, "learned-embedding": run_learned_embedding, "null-finetune": run_null_finetune,
-           "imagic": run_imagic}
+           "imagic": run_imagic, "finetune-embedding": run_finetune_embedding}
 
 
 def stage_times(preliminary: float, editing: float, generation: float) -> dict:

@@ -58,9 +58,10 @@ def pivot(model, record: Inversion, image: np.ndarray, disable: bool = False) ->
                           schedule, disable=disable)
 
 
-def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], target: str, k: int,
+def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], target: str | torch.Tensor, k: int,
                    config: NullTextConfig, disable: bool = False) -> list[torch.Tensor]:
-    """The first k nulls re-optimised with the target prompt, each starting from the record's u_i."""
+    """The first k nulls re-optimised with the target (a prompt, or its (1, L, D) embedding), each starting
+    from the record's u_i."""
     if record.method not in FINETUNABLE:
         raise UserError(f"null-text fine-tuning needs a {', '.join(FINETUNABLE)} inversion, not {record.method} "
                         "(its per-step offsets correct the source branch only)")
@@ -69,7 +70,7 @@ def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], tar
     if k == 0:
         return []
     schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
-    cond = model.encode_prompts([target])
+    cond = model.encode_prompts([target]) if isinstance(target, str) else target
     init = original_nulls(model, record)
     return optimise_nulls(model, trajectory, cond, init, schedule, record.guidance, config, num_steps=k,
                           disable=disable, desc="null-text fine-tuning")
@@ -81,14 +82,16 @@ def original_nulls(model, record: Inversion) -> list[torch.Tensor]:
     return [uncond] * record.steps if isinstance(uncond, torch.Tensor) else list(uncond)
 
 
-def generate(model, record: Inversion, prompts: list[str], ks: list[int], finetuned: list[torch.Tensor],
-             disable: bool = False) -> np.ndarray:
-    """Sample record.x_T once per (prompt, K): fine-tuned nulls for steps < K, the record's after."""
+def generate(model, record: Inversion, prompts: list[str] | torch.Tensor, ks: list[int],
+             finetuned: list[torch.Tensor], disable: bool = False) -> np.ndarray:
+    """Sample record.x_T once per (prompt, K): fine-tuned nulls for steps < K, the record's after.
+    prompts: one per K, or their embeddings (len(ks), L, D)."""
     schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
     base = original_nulls(model, record)
     uncond = [torch.cat([finetuned[i] if i < k else base[i] for k in ks]) for i in range(record.steps)]
     x_T = record.x_T.to(model.device)[None].expand(len(ks), *record.x_T.shape)
-    x0 = sample(model, x_T, Conditioning(cond=model.encode_prompts(prompts), uncond=uncond), schedule,
+    cond = model.encode_prompts(list(prompts)) if not isinstance(prompts, torch.Tensor) else prompts
+    x0 = sample(model, x_T, Conditioning(cond=cond, uncond=uncond), schedule,
                 record.guidance, disable=disable, desc="generation")
     return model.decode_latents(x0)
 

@@ -21,7 +21,7 @@ from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
-EDIT_METHODS = ("p2p", "null-finetune", "learned-embedding", "imagic")
+EDIT_METHODS = ("p2p", "null-finetune", "learned-embedding", "imagic", "finetune-embedding")
 SOURCE_METHODS = ("p2p", "null-finetune")  # the methods that invert the photo under its source prompt
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
@@ -197,8 +197,8 @@ class EditRequest:
         if self.method not in SOURCE_METHODS and (self.inversion_file or self.save_inversion):
             raise UserError(f"--method {self.method} inverts under a learned embedding made per edit: "
                             "--inversion-file/--save-inversion apply to p2p and null-finetune")
-        if self.method == "null-finetune" and self.inversion == "direct":
-            raise UserError("null-finetune needs --inversion null-text, negative-prompt or ddim (DirectInversion's "
+        if self.method in ("null-finetune", "finetune-embedding") and self.inversion == "direct":
+            raise UserError(f"{self.method} needs --inversion null-text, negative-prompt or ddim (DirectInversion's "
                             "offsets correct the source branch only)")
         for name in ("finetune_steps", "interp_steps"):
             value = getattr(self, name)

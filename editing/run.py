@@ -6,6 +6,8 @@ Methods (--method):
   learned-embedding  embedding optimisation (L2 to the target), NTI under it, interpolation over the last
                      N steps (needs only --target-prompt)
   imagic             embedding optimisation, UNet fine-tuning, interpolation from fresh noise (Kawar et al.)
+  finetune-embedding embedding optimisation (L2 to the target), NTI under it, then the first K nulls
+                     fine-tuned with the target embedding (the thesis' future work; needs only --target-prompt)
 
 Examples (run on the embedded default model):
   python -m editing.run --image examples/chelsea.png \\
@@ -72,11 +74,11 @@ def build_parser() -> Parser:
     p.add_argument("--blend-threshold", type=float, default=0.3, help="local blend mask threshold (0.3)")
     p.add_argument("--blend-start", type=float, default=0.2, help="fraction of steps before blending (0.2)")
     p.add_argument("--mask", default=None, help="a mask image (white = may change) instead of blend words")
-    g = p.add_argument_group("null-finetune, learned-embedding and imagic")
+    g = p.add_argument_group("null-finetune, learned-embedding, imagic and finetune-embedding")
     g.add_argument("--finetune-steps", type=int, default=None, metavar="K",
-                   help=f"null-finetune: fine-tune the nulls of the first K steps (default {DEFAULT_K})")
+                   help=f"null-finetune, finetune-embedding: fine-tune the nulls of the first K steps (default {DEFAULT_K})")
     g.add_argument("--finetune-inner", type=int, default=DEFAULT_INNER_STEPS,
-                   help=f"null-finetune: Adam steps per fine-tuned step (default {DEFAULT_INNER_STEPS})")
+                   help=f"null-finetune, finetune-embedding: Adam steps per fine-tuned step (default {DEFAULT_INNER_STEPS})")
     g.add_argument("--eta", type=float, default=None,
                    help=f"weight of the target embedding in e_new (default {LE_ETA} learned-embedding, "
                         f"{IMAGIC_ETA} imagic)")
