@@ -48,7 +48,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from editing import run
-from editing.edit import dtype_name, edit_identity, inversion_config, run_edit
+from editing.edit import finished_summary, inversion_config, run_edit, same_edit
 from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import write_json
@@ -322,26 +322,6 @@ def find_jobs(batch: argparse.Namespace, shared: argparse.Namespace) -> list[Job
             error = str(exc)
         jobs.append(Job(index, name, spec.image, request, error))
     return jobs
-
-
-def finished_summary(folder: Path) -> dict | None:
-    """The folder's summary.json when its edit finished (every output it lists is there), else None."""
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-        outputs = [n for v in summary["outputs"].values() for n in (v if isinstance(v, list) else [v])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return summary if all((folder / str(n)).is_file() for n in outputs) else None
-
-
-def same_edit(summary: dict, request: EditRequest, model) -> bool:
-    """Whether a finished folder holds this edit: the same photo, model, precision and every request option
-    that changes the pixels (method, inversion, P2P settings, blend words, method options, ...)."""
-    if os.path.abspath(str(summary.get("image"))) != os.path.abspath(request.image):  # the same photo, however named
-        return False
-    if summary.get("model") != model.name or summary.get("dtype") != dtype_name(model.dtype):
-        return False
-    return summary.get("request") == edit_identity(request)
 
 
 def entry(job: Job, status: str, error: str | None = None, summary: dict | None = None, **extra) -> dict:

@@ -9,6 +9,8 @@ optimisation | UNet fine-tuning | sampling.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +230,26 @@ NOT_IDENTITY = ("image", "quiet", "save_inversion", "inversion_file")
 def edit_identity(request: EditRequest) -> dict:
     """Every request option that changes the edit's pixels, JSON-ready (summary.json's "request")."""
     return {k: v for k, v in request.to_dict().items() if k not in NOT_IDENTITY}
+
+
+def finished_summary(folder: Path) -> dict | None:
+    """The folder's summary.json when its edit finished (every output it lists is there), else None."""
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+        outputs = [n for v in summary["outputs"].values() for n in (v if isinstance(v, list) else [v])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return summary if all((Path(folder) / str(n)).is_file() for n in outputs) else None
+
+
+def same_edit(summary: dict, request: EditRequest, model) -> bool:
+    """Whether a finished folder holds this edit: the same photo, model, precision and every request option
+    that changes the pixels (method, inversion, P2P settings, blend words, method options, ...)."""
+    if os.path.abspath(str(summary.get("image"))) != os.path.abspath(request.image):  # the same photo, however named
+        return False
+    if summary.get("model") != model.name or summary.get("dtype") != dtype_name(model.dtype):
+        return False
+    return summary.get("request") == edit_identity(request)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -263,3 +263,20 @@ def test_pie_entry_whose_edit_is_refused_is_reported_not_averaged(tmp_path):
     assert result["average"]["entries"] == 1 and result["average"]["failed"] == 1
     assert "zebra" in result["entries"][0]["error"] and "error" not in result["entries"][1]
     assert "error: " in (out / "pie.md").read_text()
+
+
+def test_a_second_run_resumes_the_finished_scenes_and_reports_the_same_figures(tmp_path):
+    """A killed or repeated edit benchmark keeps the scenes it finished with the same request."""
+    argv = ["--model", "tiny-random", "--parts", "edits", "--n", "2", "--steps", "2", "--inner-steps", "1",
+            "--batch-size", "1", "--methods", "p2p", "--out", str(tmp_path), "--quiet"]
+    assert run_main(main, argv) == 0
+    first = json.loads((tmp_path / "quality.json").read_text())["results"][0]
+    (tmp_path / "edits" / "p2p-null-text" / "001" / "summary.json").unlink()  # as if killed in scene 1
+    assert run_main(main, argv) == 0
+    second = json.loads((tmp_path / "quality.json").read_text())["results"][0]
+    assert first["resumed"] == 0 and second["resumed"] == 1
+    assert second["per_scene"][0] == first["per_scene"][0]
+    assert second["edit_accuracy"] == first["edit_accuracy"] and second["edit_psnr_db"] == first["edit_psnr_db"]
+    assert run_main(main, [a if a != "2" or b != "--steps" else "3" for b, a in zip([""] + argv, argv)]) == 0
+    changed = json.loads((tmp_path / "quality.json").read_text())["results"][0]
+    assert changed["resumed"] == 0  # another --steps is another request: nothing reused
