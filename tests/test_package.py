@@ -7,6 +7,7 @@ with --no-deps, and the wheel is built with the installed setuptools (--no-build
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -73,6 +74,8 @@ def is_under(path: str, folder: Path) -> bool:
 
 
 def test_the_wheel_installs_and_its_console_script_edits_a_photo(tree, tmp_path):
+    assert importlib.util.find_spec("setuptools"), "building the wheel offline needs setuptools: " \
+        "pip install 'setuptools>=70.1' (.ci/run does)"
     dist = tmp_path / "dist"
     check(call([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, "."],
                cwd=tree))
