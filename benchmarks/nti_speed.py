@@ -25,6 +25,12 @@ import numpy as np
 import torch
 
 from editing.core.errors import UserError
+from editing.core.image_io import prepare_image
+from editing.core.loading import load_model
+from editing.core.metrics import psnr
+from editing.core.model import Model
+from inversion.invert import InversionConfig, invert, reconstruct
+from inversion.null_text import NullTextConfig
 
 SD15_RANDOM = "sd15-random"  # the real SD 1.5 architecture, random weights
 # (scikit-image loader, a source prompt that describes the photo)
@@ -65,8 +71,6 @@ def check_args(args) -> None:
 
 def counting(model):
     """The model as a subclass that counts UNet calls (the library's Model is not changed)."""
-    from editing.core.model import Model
-
     @dataclasses.dataclass
     class CountingModel(Model):
         unet_calls: int = 0
@@ -80,8 +84,6 @@ def counting(model):
 
 def photos(count: int, size: int) -> tuple[np.ndarray, list[str]]:
     import skimage.data
-
-    from editing.core.image_io import prepare_image
 
     chosen = [PHOTOS[i % len(PHOTOS)] for i in range(count)]
     images = np.stack([prepare_image(getattr(skimage.data, name)(), size) for name, _ in chosen])
@@ -102,11 +104,6 @@ def peak_memory(device: torch.device) -> str:
 
 
 def run(args) -> int:
-    from editing.core.loading import load_model
-    from editing.core.metrics import psnr
-    from inversion.invert import InversionConfig, invert, reconstruct
-    from inversion.null_text import NullTextConfig
-
     check_args(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -46,10 +46,10 @@ from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, 
     split_run_args
 from benchmarks.metrics import decode_pie_mask, region_metrics
 from editing.cli import EXIT_OK, Parser, run_main
-from editing.core.files import write_json
+from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
 from editing.core.image_io import prepare_image, read_image
-from editing.core.loading import load_model
+from editing.core.loading import _quiet_loading, load_model  # its loaders keep stderr for one-line errors
 from editing.edit import run_edit
 from editing.core.speed import apply_speed, speed_options, speed_summary
 
@@ -175,8 +175,6 @@ def load_local(cls, path: str, flag: str, device=None):
     if not Path(path).is_dir():
         raise UserError(f"{flag} {path}: not a folder; give a local folder saved by transformers "
                         "(nothing is downloaded)")
-    from editing.core.loading import _quiet_loading  # the toolkit's loaders keep stderr for the one-line errors
-
     try:
         with _quiet_loading():
             loaded = cls.from_pretrained(path, local_files_only=True)
@@ -274,8 +272,6 @@ def markdown(header: dict, results: list[dict], notes: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.quality import write_text
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.inner_steps < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
@@ -311,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
               "clip": args.clip, "dino": args.dino, "notes": notes}
     write_json(out / "pie.json", {**header, "results": results})
     text = markdown(header, results, notes)
-    write_text(out / "pie.md", text)
+    atomic_write(out / "pie.md", text)
     print(text)
     return EXIT_OK
 

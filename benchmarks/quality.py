@@ -39,9 +39,7 @@ Exit codes: 0 done, 2 bad input or usage (one `error:` line), 1 a failure inside
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,11 +47,12 @@ import numpy as np
 
 from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
+from benchmarks import pie
 from benchmarks.metrics import PSNR_CAP_DB, masked_psnr, ssim
 from editing.cli import EXIT_OK, Parser, run_main
-from editing.core.files import write_json
+from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
-from editing.core.image_io import image_grid, load_image, read_image, save_image
+from editing.core.image_io import image_grid, load_image, prepare_image, read_image, save_image
 from editing.core.model import DEFAULT_MODEL_DIR
 from editing.core.loading import load_model
 from editing.edit import finished_summary, run_edit, same_edit
@@ -62,6 +61,8 @@ from editing.core.metrics import psnr
 from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
+from toyworld.checker import check, read_scene
+from toyworld.world import edit_pairs
 
 SEED = 1234  # the scenes of the benchmark: fixed, so figures from different runs compare
 CHANGED_DILATION = 1  # pixels around the ground-truth change that count as changed (antialiased edges)
@@ -81,19 +82,6 @@ def unchanged_region(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
     changed = (source != edited).any(-1).astype(np.uint8)
     kernel = np.ones((2 * CHANGED_DILATION + 1,) * 2, np.uint8)
     return cv2.dilate(changed, kernel) == 0
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def build_parser() -> Parser:
@@ -159,8 +147,6 @@ def load_photos(folder: str | None, size: int) -> tuple[list[str], np.ndarray, l
 
 
 def load_photo_array(rgb: np.ndarray, size: int) -> np.ndarray:
-    from editing.core.image_io import prepare_image
-
     return prepare_image(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, -1), size)
 
 
@@ -193,8 +179,6 @@ def reconstruction_benchmark(model, names, photos, captions, args) -> tuple[list
 
 def score_edit(pair: dict, edit: np.ndarray, reconstruction: np.ndarray) -> dict:
     """The toy-world metrics of one edit against its ground truth."""
-    from toyworld.checker import check, read_scene
-
     reading = read_scene(edit)
     hits = check(reading, pair["edited_scene"])
     truth = pair["edited_scene"].main
@@ -299,9 +283,7 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["pie"]:
-        from benchmarks.pie import main as pie_main
-
-        return pie_main(argv[1:])
+        return pie.main(argv[1:])
     args = build_parser().parse_args(argv)
     methods = check_args(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -322,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
                    image_grid(rows, (["photo"] + [r["inversion"].split(" ")[0] for r in reconstruction]) * len(names),
                               cols=columns))
     if "edits" in args.parts:
-        from toyworld.world import edit_pairs
-
         pairs = edit_pairs(SEED, args.n, size=model.resolution)
         edits, grid = [], []
         for method, inversion in methods:
@@ -335,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     cols=4))
     write_json(out / "quality.json", report)
     text = markdown(header | {"scenes": args.n}, reconstruction, edits)
-    write_text(out / "quality.md", text)
+    atomic_write(out / "quality.md", text)
     print(text)
     return EXIT_OK
 

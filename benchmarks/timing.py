@@ -11,7 +11,7 @@ Methods (--methods, default all):
                                            or plain DDIM inversion (editing.run --method p2p --inversion ...)
   learned-embedding, null-finetune, imagic editing.run --method ...
   multires                                 Multiresolution Textual Inversion: learning the concept from the
-                                           image, then sampling one image with it (editing.multires)
+                                           image, then sampling one image with it (editing.multires_ti)
   reference-nti                            the published null-text inversion loop (benchmarks/reference_nti.py),
                                            timed alternately with the project's NTI on the same image: the
                                            speed-up line "project NTI vs reference NTI: ...x" (the
@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.bar_chart import stacked_bars
 from benchmarks.reference_nti import check_model, reference_null_text_inversion
-from editing import multires
+from editing import multires_ti
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import write_json
@@ -140,7 +140,7 @@ def build_parser() -> Parser:
     g.add_argument("--unet-steps", type=int, default=None, help="imagic: UNet fine-tuning steps")
     g.add_argument("--interp-steps", type=int, default=None, help="learned-embedding: interpolation steps N")
     g.add_argument("--multires-train-steps", type=int, default=None,
-                   help="multires: concept training steps (default editing.multires')")
+                   help="multires: concept training steps (default editing.multires_ti's)")
     g.add_argument("--multires-scales", type=int, default=None, help="multires: number of resolutions n")
     p.add_argument("--seed", type=int, default=0, help="random seed of every run (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -294,10 +294,10 @@ def multires_runner(model, images, options, out: Path) -> Runner:
     The concept is learned from the image alone, without the CLI's random re-croppings: they enlarge the
     training set, not the cost of a step (a step draws a fixed batch).
 
-    Raises ImportError / AttributeError when editing.multires does not offer train_concept and
+    Raises ImportError / AttributeError when editing.multires_ti does not offer train_concept and
     sample_prompts: the row is then listed as not available."""
 
-    train, sample, TrainConfig = multires.train_concept, multires.sample_prompts, multires.TrainConfig
+    train, sample, TrainConfig = multires_ti.train_concept, multires_ti.sample_prompts, multires_ti.TrainConfig
     given = {"steps": options.multires_train_steps, "scales": options.multires_scales}
     config = TrainConfig(seed=options.seed, **{k: v for k, v in given.items() if v is not None})
     pieces = parse_prompt(MULTIRES_PROMPT)
@@ -411,7 +411,7 @@ def make_runner(method: str, model, images, options, out: Path) -> tuple[Runner 
         try:
             return multires_runner(model, images, options, out), ""
         except (ImportError, AttributeError) as exc:
-            return None, f"not available: editing.multires offers no train_concept/sample_prompts yet ({exc})"
+            return None, f"not available: editing.multires_ti offers no train_concept/sample_prompts yet ({exc})"
     try:
         return reference_runner(model, images, options, out), ""
     except UserError as exc:  # fp16 or v-prediction: not the published algorithm

@@ -8,6 +8,7 @@ The public API (names resolve on first use, so `import editing.core` stays light
     request = editing.EditRequest(source_prompt="a red circle on a gray background",
                                   target_prompts=["a blue circle on a gray background"], steps=20)
     result = editing.edit(model, photo, request)      # result.edits[0]: the edited photo (uint8 RGB)
+    editing.save_image("edit.png", result.edits[0])
     records = editing.invert(model, photo[None], [request.source_prompt])   # one Inversion per photo
     records[0].save("photo.inversion.safetensors"); editing.Inversion.load("photo.inversion.safetensors")
     again = editing.reconstruct(model, records)       # (1, S, S, 3)
@@ -24,6 +25,7 @@ import importlib
 _PUBLIC = {  # name -> the module that defines it
     "load_model": "editing.core.loading",
     "load_image": "editing.core.image_io",
+    "save_image": "editing.core.image_io",
     "UserError": "editing.core.errors",
     "EditRequest": "editing.request",
     "edit": "editing.edit",

@@ -9,7 +9,7 @@ time-indexed embeddings are used along sampling (t in [0, 1] is the resolution, 
     <name>      the same as <name[0]>: emb_s at every step, each band's embedding where it was trained
 
 "a painting of <jane(0.5)> next to <tom|0|>" mixes concepts, methods and resolutions freely. The prompt
-is parsed once, here, into text pieces and PseudoWords; editing.multires turns them into the per-step
+is parsed once, here, into text pieces and PseudoWords; editing.multires_ti turns them into the per-step
 conditioning. Every error names the offending token and its character position in the prompt.
 """
 from __future__ import annotations

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from editing import multires
+from editing import multires, multires_ti
 from editing.cli import run_main
 from editing.core.errors import UserError
 from editing.core.image_io import save_image
 from editing.core.model import build_tiny_model
 from editing.core.loading import load_model
-from editing.multires import Concept, TrainConfig, conditioning_schedule, embedding_at, encode_prompt, \
+from editing.multires_ti import Concept, TrainConfig, conditioning_schedule, embedding_at, encode_prompt, \
     load_concept, load_concepts, save_concept, train_concept, word_vector
 from editing.multires_prompt import PseudoWord, check_names, parse_prompt, render, with_method, words
 from editing.core.ddim import DDIMSchedule
@@ -144,10 +144,10 @@ class EncoderCalls:
 
 def test_plain_text_encodes_as_the_model_does(tiny_model):
     for prompt in ("a photo of a cat, sitting.", "", "<|startoftext|>"):
-        assert torch.equal(multires.layout(tiny_model, [prompt])[0], tiny_model.tokenize([prompt])[0])
+        assert torch.equal(multires_ti.layout(tiny_model, [prompt])[0], tiny_model.tokenize([prompt])[0])
     prompt = "a photo of a cat, sitting on the mat"
     assert torch.allclose(encode_prompt(tiny_model, [prompt], []), tiny_model.encode_prompts([prompt]), atol=1e-6)
-    dog = multires.init_row(tiny_model, "dog")
+    dog = multires_ti.init_row(tiny_model, "dog")
     pieces = parse_prompt("a photo of a <jane|0|> on the mat")  # the vector of "dog" in the slot reads as "dog"
     assert torch.allclose(encode_prompt(tiny_model, pieces, [dog]),
                           tiny_model.encode_prompts(["a photo of a dog on the mat"]), atol=1e-6)
@@ -215,7 +215,7 @@ def test_training_changes_only_the_new_rows(tiny_model, trained):
     assert len(tiny_model.tokenizer) == vocab
     assert not tiny_model.text_encoder.get_input_embeddings()._forward_hooks  # the slot hook is gone
     assert not any(p.requires_grad for p in tiny_model.text_encoder.parameters())
-    init = multires.init_row(tiny_model, "dog")
+    init = multires_ti.init_row(tiny_model, "dog")
     assert result.rows.shape == (2, 32) and not result.rows.requires_grad
     assert all(not torch.allclose(row, init) for row in result.rows)  # both bands moved from the init word
     assert result.fingerprint == tiny_model.fingerprint and len(losses) == TRAIN["steps"]
@@ -272,11 +272,11 @@ def test_concept_errors(tmp_path, tiny_model):
         load_concept(tmp_path / "junk.safetensors")
     other = load_concepts([str(tmp_path / "b")])
     with pytest.raises(UserError, match="--allow-other-model"):
-        multires.check_concepts(tiny_model, other)
-    assert "fingerprint" in multires.check_concepts(tiny_model, other, allow_other_model=True)[0]
+        multires_ti.check_concepts(tiny_model, other)
+    assert "fingerprint" in multires_ti.check_concepts(tiny_model, other, allow_other_model=True)[0]
     wide = {"w": concept(torch.zeros(1, 64), "w", tiny_model.fingerprint)}
     with pytest.raises(UserError, match="64-dim rows"):
-        multires.check_concepts(tiny_model, wide, allow_other_model=True)
+        multires_ti.check_concepts(tiny_model, wide, allow_other_model=True)
 
 
 def test_single_scale_file_loads_in_diffusers(tmp_path, tiny_model, toy_images):

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from editing.core.loading import load_model
+from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 from toyworld.checker import accuracy
 from toyworld.world import iter_dataset, random_scene, caption
 
@@ -301,8 +303,6 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer) -> float:
     """Save in diffusers format with fp16 weights; configs say float32 so every loader upcasts."""
     from diffusers import StableDiffusionPipeline
 
-    from editing.core.model import TOKENIZER_DIR, ddim_scheduler
-
     scheduler = ddim_scheduler()  # SD's schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     scheduler.register_to_config(prediction_type="epsilon")
     pipe = StableDiffusionPipeline(
@@ -344,8 +344,6 @@ def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: lis
     """Score the saved folder as users load it: VAE round trip through editing.core.model.load_model, and
     text-to-image through StableDiffusionPipeline.from_pretrained with its DDIM scheduler."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from editing.core.loading import load_model
 
     model = load_model(str(folder), device="cpu", dtype="fp32")
     dtypes = {n: str(next(m.parameters()).dtype) for n, m in
@@ -474,8 +472,6 @@ def load_parent(cfg: Config):
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     from transformers import CLIPTokenizer
-
-    from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 
     out = Path(args.out).resolve()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
