@@ -29,10 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.line_chart import line_chart
-from benchmarks.quality import SEED, score_edit, write_text
+from benchmarks.quality import SEED, score_edit
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
-from editing.core.files import write_json
+from editing.core.files import atomic_write, write_json
 from editing.core.image_io import image_grid, save_image
 from editing.core.loading import load_model
 from editing.finetune_embedding import FinetuneEmbeddingConfig, edit_finetune_embedding
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d"), "command": "python -m benchmarks.curves " + " ".join(argv)}
     write_json(out / "curves.json", {**header, "results": results})
     text = markdown(header, results)
-    write_text(out / "curves.md", text)
+    atomic_write(out / "curves.md", text)
     print(text)
     return EXIT_OK
 

@@ -108,7 +108,7 @@ def upward(module: str, edges) -> list[str]:
 def test_every_floor_is_checked():
     for folder in ("editing/core", "inversion", "attention"):
         assert modules(folder), folder  # a renamed folder must not leave the check with nothing to look at
-    for method in ("p2p", "null_finetune", "learned_embedding", "imagic", "embedding", "request", "edit",
+    for method in ("p2p", "null_finetune", "learned_embedding", "imagic", "embedding", "request", "methods", "finetune_embedding",
                    "multires_prompt", "multires_ti"):
         assert f"editing.{method}" in CHECKED and floor(f"editing.{method}") == "methods", method
     assert "editing.multires" in CHECKED and floor("editing.multires") == "interfaces"
