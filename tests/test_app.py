@@ -192,6 +192,9 @@ def test_invert_once_edit_many_and_the_zip_holds_the_run_folder(tiny_server):
     assert (first["reused"], second["reused"]) == (False, True)
     assert second["reuse_message"].startswith("reused the inversion")
     assert tiny_server.editor.inversions.computed == 1  # the second run did not invert
+    # the progress the page shows comes from the loops themselves: the reused run had no inversion loop
+    assert first["stages"] == ["DDIM inversion", "null-text optimisation", "editing"]
+    assert second["stages"] == ["editing"] and second["progress"] == {"desc": "editing", "n": 3, "total": 3}
     other = tiny_server.run(upload, {"source_prompt": "a red circle", "target_prompts": [BLUE], **TINY_FAST})
     assert other["reused"] is False and tiny_server.editor.inversions.computed == 2  # new prompt, new inversion
 
@@ -233,6 +236,8 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1100")
+WINDOW_FRAME_PX = 150  # a headless window is this much taller than the page area it shows
+MAX_SCREENSHOT_PX = 1600
 
 
 @pytest.fixture
@@ -309,6 +314,9 @@ def test_a_browser_edits_the_toy_scene_red_to_blue_then_green_reusing_the_invers
         assert captions[0] == "source" and captions[1].startswith("reconstruction, PSNR ") and captions[2] == BLUE
         assert page.find_element(By.ID, "attention-box").is_displayed()
         first_inversion_s = inversion_seconds()
+        page.execute_script("window.scrollTo(0, 0)")  # the whole page in one picture, for the README
+        height = page.execute_script("return document.documentElement.scrollHeight")
+        page.set_window_size(1400, min(height + WINDOW_FRAME_PX, MAX_SCREENSHOT_PX))
         SCREENSHOT.parent.mkdir(exist_ok=True)
         atomic_write(SCREENSHOT, page.get_screenshot_as_png())
 
