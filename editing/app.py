@@ -11,12 +11,14 @@ memory by its record fingerprint, so a new target prompt or P2P setting re-runs 
 one queue (one at a time on the model); Stop ends the running one between two steps of its loop.
 
 Why the standard library's http.server and a page of our own, not Gradio: measured on 2026-12-01,
-`pip install --dry-run gradio` (6.31.0) would downgrade pillow 13.0.0 -> 12.3.0 (gradio requires
-pillow<13, requirements.txt pins 13.0.0) and add 19 packages (fastapi, starlette, uvicorn, pandas,
-opentelemetry-api, ...; the wheel alone is 31 MB), and its front end loads web fonts from outside unless
-themed away. The page here (editing/assets/app/: one HTML, one script, one style sheet, no framework)
-needs no new package at all, makes no request to any outside host (its Content-Security-Policy forbids
-them), sends no analytics and has no share links. It listens on 127.0.0.1 unless --host says otherwise.
+`pip install --dry-run gradio` (6.31.0, the newest) would install 19 packages, one of them a downgrade of
+pillow 13.0.0 -> 12.3.0 (gradio requires pillow<13; requirements.txt pins 13.0.0), the others fastapi,
+starlette, uvicorn, pandas, opentelemetry-api, pydub, ... (the gradio wheel alone is 31 MB); it would not
+touch torch or numpy, but the pillow conflict rules it out. Starlette + uvicorn would add two packages for
+what http.server already does for one local user. The page here (editing/assets/app/: one HTML, one
+script, one style sheet, no framework) needs no new package at all, makes no request to any outside host
+(its Content-Security-Policy forbids them), sends no analytics and has no share links. It listens on
+127.0.0.1 unless --host says otherwise.
 Exit codes: 0 after Ctrl-C, 2 with one `error:` line for bad options (an unknown model, fp16 on the CPU).
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ from inversion.record import METHODS as INVERSIONS
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only: the page runs models and writes files for whoever reaches it
 DEFAULT_PORT = 7860  # the port the field's demo pages use, so muscle memory finds it
+MAX_PORT = 65535
 ASSETS = Path(__file__).resolve().parent / "assets" / "app"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
@@ -213,6 +216,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(editor: Editor, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> AppServer:
+    if not 0 <= port <= MAX_PORT:
+        raise UserError(f"--port must be between 0 and {MAX_PORT}, got {port}")
     try:
         return AppServer((host, port), editor)
     except OSError as exc:

@@ -153,7 +153,7 @@ class Editor:
         self.reload = reload  # dtype name -> the same model in that precision
         self.inversions = InversionMemory()
         self.runs: dict[str, Run] = {}
-        self._queue: queue.Queue[Run] = queue.Queue()
+        self._queue: queue.Queue[Run | None] = queue.Queue()  # None: the end
         self._lock = threading.Lock()  # guards self.runs and the run numbering
         self._worker = threading.Thread(target=self._work, name="editing-app-runs", daemon=True)
         self._worker.start()
@@ -231,9 +231,14 @@ class Editor:
             self.model = self.reload(dtype)
         return self.model
 
+    def close(self) -> None:
+        """End the worker after the runs already queued."""
+        self._queue.put(None)
+        self._worker.join()
+
     def _work(self) -> None:
-        while True:
-            self._run(self._queue.get())
+        while (run := self._queue.get()) is not None:
+            self._run(run)
 
     def _run(self, run: Run) -> None:
         if run.stop.is_set():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -118,6 +120,7 @@ class Served:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+        self.editor.close()
 
 
 def _reload(model, dtype: str):
@@ -214,19 +217,51 @@ def test_invert_once_edit_many_and_the_zip_holds_the_run_folder(tiny_server):
     assert tiny_server.call(f"/runs/{second['id']}/..%2Fsummary.json")[0] == 400
 
 
-def test_stop_ends_the_running_edit_and_the_next_one_runs(tiny_server):
+def test_runs_wait_in_one_queue_and_stop_ends_the_running_one(tiny_server):
     upload = tiny_server.upload(TOY)
     long = {"source_prompt": SOURCE, "target_prompts": [BLUE], "steps": "200", "inner_steps": "20"}
     status, view = tiny_server.submit(upload, long)
     while view["state"] == "queued" or not view["progress"].get("n"):
         view = json.loads(tiny_server.call(f"/api/run?id={view['id']}")[1])
         time.sleep(0.02)
+    status, other = tiny_server.submit(upload, {**long, **TINY_FAST})  # a second tab: it waits its turn
+    assert json.loads(tiny_server.call(f"/api/run?id={other['id']}")[1])["state"] == "queued"
     assert tiny_server.call(f"/api/stop?id={view['id']}", b"")[0] == 200
     stopped = tiny_server.wait(view["id"])
     assert stopped["state"] == "stopped" and "images" not in stopped
     assert not (tiny_server.editor.out / view["id"]).exists()  # nothing written
-    assert tiny_server.editor.inversions.computed == 0  # the half-done inversion was not kept
-    assert tiny_server.run(upload, {**long, **TINY_FAST})["state"] == "done"
+    assert tiny_server.call(f"/api/zip?id={view['id']}")[0] == 400
+    assert tiny_server.wait(other["id"])["state"] == "done"  # the next one ran
+    assert tiny_server.editor.inversions.computed == 1  # the half-done inversion was not kept
+
+
+def test_null_finetune_reuses_the_p2p_inversion_and_shows_its_sweep(tiny_server):
+    upload = tiny_server.upload(TOY)
+    base = {"source_prompt": SOURCE, "target_prompts": [BLUE], **TINY_FAST}
+    assert tiny_server.run(upload, base)["reused"] is False
+    view = tiny_server.run(upload, {**base, "method": "null-finetune", "finetune_inner": "1", "sweep": True})
+    assert view["state"] == "done" and view["reused"] is True, view
+    assert view["sweeps"] == [f"/runs/{view['id']}/sweep.png"] and view["attention"] is None
+    assert [t["what"] for t in view["timings"]][:3] == ["inversion", "null fine-tuning", "sampling"]
+    assert tiny_server.call(view["sweeps"][0])[0] == 200
+
+
+def test_learned_embedding_and_imagic_report_their_optimisers_and_invert_per_edit(tiny_server):
+    upload = tiny_server.upload(TOY)
+    base = {"target_prompts": [BLUE], **TINY_FAST, "embed_steps": "2"}
+    learned = tiny_server.run(upload, {**base, "method": "learned-embedding", "interp_steps": "2"})
+    assert learned["state"] == "done", learned
+    assert learned["stages"][0] == "embedding optimisation" and "generation" in learned["stages"]
+    assert learned["reused"] is None and learned["reuse_message"] == ""  # its inversion is per edit
+    imagic = tiny_server.run(upload, {**base, "method": "imagic", "unet_steps": "2"})
+    assert imagic["state"] == "done", imagic
+    assert "UNet fine-tuning" in imagic["stages"]
+    assert [t["what"] for t in imagic["timings"]][:3] == ["embedding optimisation", "UNet fine-tuning", "sampling"]
+
+
+def test_the_app_imports_without_selenium():
+    code = "import sys, editing.app; assert not [m for m in sys.modules if m.startswith('selenium')]"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 # a real browser ----------------------------------------------------------------------------------------------
