@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import sys
 import traceback
@@ -52,6 +53,7 @@ from inversion.record import METHODS as INVERSIONS
 DEFAULT_HOST = "127.0.0.1"  # this machine only: the page runs models and writes files for whoever reaches it
 DEFAULT_PORT = 7860  # the port the field's demo pages use, so muscle memory finds it
 MAX_PORT = 65535
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1")  # the Host a browser on this machine sends to a loopback server
 ASSETS = Path(__file__).resolve().parent / "assets" / "app"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
@@ -143,10 +145,25 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._route("POST")
 
+    def _foreign(self) -> str | None:
+        """Why a request that another web site made through the user's browser is refused, or None: on
+        loopback the Host must name this machine (DNS rebinding), and a POST's Origin must be this page."""
+        host = self.headers.get("Host") or ""
+        if ipaddress.ip_address(self.server.server_address[0]).is_loopback and \
+                urlsplit("//" + host).hostname not in LOCAL_NAMES:
+            return f"this server answers to {', '.join(LOCAL_NAMES)} only, not {host!r}"
+        origin = self.headers.get("Origin")
+        if self.command == "POST" and origin and urlsplit(origin).netloc != host:
+            return f"requests from {origin} are refused: use the page this server serves"
+        return None
+
     def _route(self, method: str) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         editor = self.server.editor
+        if (refused := self._foreign()) is not None:
+            self.close_connection = True  # the body, if any, is not read
+            return self._json({"error": refused}, HTTPStatus.FORBIDDEN)
         try:
             if method == "GET" and url.path in STATIC:
                 name, kind = STATIC[url.path]

@@ -142,6 +142,19 @@ def test_the_server_listens_on_localhost_unless_told_otherwise(tiny_server):
     assert tiny_server.server.server_address[0] == "127.0.0.1"
 
 
+def test_requests_another_site_makes_through_the_browser_are_refused(tiny_server):
+    request = urllib.request.Request(tiny_server.url + "/api/defaults", headers={"Host": "attacker.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 403
+    request = urllib.request.Request(tiny_server.url + "/api/upload?name=toy.png", data=TOY.read_bytes(),
+                                     headers={"Origin": "http://attacker.example"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 403 and "attacker.example" in json.loads(refused.value.read())["error"]
+    assert tiny_server.call("/api/defaults")[0] == 200  # the page itself is served
+
+
 def test_the_page_loads_nothing_from_outside(tiny_server):
     status, html, headers = tiny_server.call("/")
     assert status == 200
