@@ -269,6 +269,7 @@ def test_learned_embedding_and_imagic_report_their_optimisers_and_invert_per_edi
     imagic = tiny_server.run(upload, {**base, "method": "imagic", "unet_steps": "2"})
     assert imagic["state"] == "done", imagic
     assert "UNet fine-tuning" in imagic["stages"]
+    assert all(p.grad is None for p in tiny_server.editor.model.unet.parameters())  # the next run starts clean
     assert [t["what"] for t in imagic["timings"]][:3] == ["embedding optimisation", "UNet fine-tuning", "sampling"]
 
 

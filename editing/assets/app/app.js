@@ -164,6 +164,7 @@ function showResult(run) {
   $("results").hidden = false;
   $("results").dataset.run = run.id;
   $("reuse").textContent = run.reuse_message;
+  $("stages").textContent = "loops run: " + run.stages.join(", then ");
   $("images").replaceChildren(...run.images.map((i) => figure(i.src, i.caption, i.edit ? "edit" : "")));
   $("attention-box").hidden = !run.attention;
   if (run.attention) $("attention").src = run.attention + "?t=" + Date.now();
