@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from editing.core.progress import tqdm  # tqdm.auto.tqdm that a caller can follow (the web page)
 
 from editing.core.errors import NonFiniteError, UserError
 

@@ -69,6 +69,7 @@ def finetuned_unet(unet, gradient_checkpointing: bool = False):
         if gradient_checkpointing:
             unet.disable_gradient_checkpointing()
         unet.requires_grad_(False)
+        unet.zero_grad(set_to_none=True)  # the last step's gradients: a UNet's worth of memory, kept by a server
         unet.load_state_dict(saved)
 
 

@@ -5,7 +5,7 @@ one `error:` line, 1 a failure inside the run): the installer's wrapper calls `s
 """
 from __future__ import annotations
 
-from editing import batch, multires, run
+from editing import app, batch, multires, run
 from editing.cli import run_main
 
 
@@ -22,3 +22,8 @@ def edit_photos() -> int:
 def multires_ti() -> int:
     """`multires-ti` = `python -m editing.multires`: learn a concept, sample with it."""
     return run_main(multires.main)
+
+
+def edit_photo_app() -> int:
+    """`edit-photo-app` = `python -m editing.app`: the local web page."""
+    return run_main(app.main)

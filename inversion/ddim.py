@@ -4,7 +4,7 @@ method starts from. The step math lives in `editing.core.ddim`; see its notes fo
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from editing.core.progress import tqdm  # tqdm.auto.tqdm that a caller can follow (the web page)
 
 from editing.core.ddim import DDIMSchedule, inversion_step
 

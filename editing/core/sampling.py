@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from editing.core.progress import tqdm  # tqdm.auto.tqdm that a caller can follow (the web page)
 
 from editing.core.ddim import DDIMSchedule, sampling_step
 from editing.core.errors import NonFiniteError
