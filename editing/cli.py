@@ -91,8 +91,11 @@ def config_value(path: Path, action: argparse.Action, value):
             raise UserError(f"{path}: {key} is a switch: give true or false, got {value!r}")
         return value
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
-    if isinstance(value, dict) or (isinstance(value, list) and not many):
+    typed = action.type is not None or action.choices is not None
+    if isinstance(value, dict) or (isinstance(value, list) and not many and typed):
         raise UserError(f"{path}: {key} takes {_expected(action)}, got {value!r}")
+    if isinstance(value, list) and not many:  # e.g. crop: [0, 0, 10, 0]; the request parses such lists
+        return value
     if many:
         return [_config_item(path, action, v) for v in (value if isinstance(value, list) else [value])]
     return _config_item(path, action, value)

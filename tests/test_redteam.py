@@ -133,10 +133,11 @@ def test_unreadable_config_file_exits_2(tmp_path, capfd, monkeypatch):
 
 def test_a_good_config_value_still_works(tmp_path, capfd):
     config = tmp_path / "options.yaml"
-    config.write_text("steps: 2\nguidance: '5'\nmethod: p2p\n")
+    config.write_text("steps: 2\nguidance: '5'\nmethod: p2p\ncrop: [0, 0, 0, 0]\ncross_replace: [0.2, 0.8]\n")
     assert run_main(run_module.main, run_argv(tmp_path / "out", "--config", config)) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["guidance"] == 5.0
+    assert summary["request"]["cross_replace"] == [0.2, 0.8]
 
 
 # ---------------------------------------------------------------- the image reader
@@ -333,11 +334,11 @@ def test_a_second_batch_on_a_locked_out_stops_at_once(tmp_path, capfd):
 def test_two_concurrent_batches_report_what_is_on_disk(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
-    for name in ("a", "b"):
+    for name in ("a", "b", "c", "d"):  # enough work (about a minute) to still hold the lock when the second starts
         shutil.copy(PHOTO, photos / f"{name}.png")
     argv = [sys.executable, "-m", "editing.batch", "--images", str(photos), "--source-prompt", SOURCE,
-            "--target-prompt", TARGET, "--out", str(out), "--model", "tiny-random", "--steps", "30",
-            "--inner-steps", "3"]
+            "--target-prompt", TARGET, "--out", str(out), "--model", "tiny-random", "--steps", "50",
+            "--inner-steps", "10"]
     first = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
     while not lock_held(out / ".lock"):
@@ -503,35 +504,40 @@ def final_files_are_whole(out: Path) -> list[str]:
     return names
 
 
-def kill_after(argv: list[str], seconds: float, log: Path) -> None:
+def kill_at(argv: list[str], moment, out: Path, log: Path) -> None:
+    """Start the command and SIGKILL it at `moment`: after that many seconds, or as soon as a file matching
+    that glob pattern appears under out (a temporary name: mid-write; a final name: between two writes)."""
     with open(log, "w") as stream:
         process = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=stream, stderr=stream)
-        try:
-            process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        deadline = time.monotonic() + (moment if isinstance(moment, float) else SUBPROCESS_TIMEOUT_S)
+        while process.poll() is None and time.monotonic() < deadline:
+            if isinstance(moment, str) and out.exists() and next(out.rglob(moment), None) is not None:
+                break
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+MOMENTS = [0.5, 4.0, ".*.png.*.tmp", "*.png", "summary.json"]  # seconds, or the file whose appearance triggers it
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seconds", [0.5, 2.0, 4.0, 8.0])
-def test_killed_run_leaves_only_whole_files_and_restarts(tmp_path, seconds):
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_killed_run_leaves_only_whole_files_and_restarts(tmp_path, moment):
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "editing.run", *run_argv(out, "--save-inversion", tmp_path / "inv.safetensors")]
+    argv = [sys.executable, "-m", "editing.run", *run_argv(out, "--save-inversion", out / "inv.safetensors")]
     argv[argv.index("--steps") + 1] = "20"
-    kill_after(argv, seconds, tmp_path / "killed.log")
+    kill_at(argv, moment, out, tmp_path / "killed.log")
     if out.exists():
         final_files_are_whole(out)
-    if (tmp_path / "inv.safetensors").exists():
-        Inversion.load(tmp_path / "inv.safetensors")
     restart = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     assert restart.returncode == 0, restart.stderr
-    assert {"edit.png", "grid.png", "summary.json"} <= set(final_files_are_whole(out))
+    assert {"edit.png", "grid.png", "summary.json", "inv.safetensors"} <= set(final_files_are_whole(out))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seconds", [0.5, 2.0, 4.0, 8.0])
-def test_killed_batch_leaves_only_whole_files_and_restarts(tmp_path, seconds):
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_killed_batch_leaves_only_whole_files_and_restarts(tmp_path, moment):
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
     for name in ("a", "b", "c"):
@@ -539,7 +545,7 @@ def test_killed_batch_leaves_only_whole_files_and_restarts(tmp_path, seconds):
     argv = [sys.executable, "-m", "editing.batch", "--images", str(photos), "--source-prompt", SOURCE,
             "--target-prompt", TARGET, "--out", str(out), "--model", "tiny-random", "--steps", "10",
             "--inner-steps", "2"]
-    kill_after(argv, seconds, tmp_path / "killed.log")
+    kill_at(argv, moment, out, tmp_path / "killed.log")
     if out.exists():
         final_files_are_whole(out)
     restart = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
