@@ -51,7 +51,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from editing import run
-from editing.edit import dtype_name, edit_identity, inversion_config, run_edit
+from editing.edit import check_for_model, dtype_name, edit_identity, inversion_config, run_edit
 from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import atomic_write, write_json
@@ -532,6 +532,14 @@ def run_batch(batch, shared, jobs: list[Job], state, out: OutputFolder, cache: I
     device = str(state.device) if state.num_processes > 1 and state.device.type == "cuda" else shared.device
     model = load_model(shared.model, device=device, dtype=shared.dtype)
     apply_speed(model, speed_options(shared))
+    for job in jobs:  # the limits that need the model (--steps): a shared option stops the batch, an entry fails
+        if job.request is not None and not job.error:
+            try:
+                check_for_model(job.request, model)
+            except UserError as exc:
+                if not batch.manifest:
+                    raise
+                job.error = str(exc)
     mine = jobs[state.process_index::state.num_processes]
     entries: dict[int, dict] = {}
     partial = out.path(PARTIAL_REPORTS, f"process-{state.process_index}-of-{state.num_processes}.json")

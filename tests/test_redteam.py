@@ -315,6 +315,15 @@ def test_batch_out_in_the_photos_folder_keeps_every_photo(tmp_path, capfd):
     assert (photos / "report.json").read_bytes() == before
 
 
+def test_batch_with_too_many_steps_exits_2(tmp_path, capfd):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTO, photos / "circle.png")
+    argv = ["--images", photos, "--source-prompt", SOURCE, "--target-prompt", TARGET, "--out", tmp_path / "out",
+            *TINY, "--steps", "1001"]
+    assert "at most 1000" in refused(batch_module.main, argv, capfd)
+
+
 def test_a_second_batch_on_a_locked_out_stops_at_once(tmp_path, capfd):
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
