@@ -47,6 +47,7 @@ from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, 
 from benchmarks.metrics import decode_pie_mask, region_metrics
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.files import atomic_write, write_json
+from editing.core.outputs import OutputFolder, safe_name
 from editing.core.errors import UserError
 from editing.core.image_io import prepare_image, read_image
 from editing.core.loading import _quiet_loading, load_model  # its loaders keep stderr for one-line errors
@@ -97,6 +98,9 @@ def load_entries(data: str, types: list[str] | None, limit: int | None) -> list[
         raise UserError(f"{mapping} must map entry ids to entries, got {type(items).__name__} with no entries")
     entries = []
     for key, item in items.items():
+        if safe_name(key) != str(key):  # it names the entry's output folder: no '..', separators or hidden names
+            raise UserError(f"{mapping}: entry id {key!r} is not a plain name (letters, digits, '_', '.', '-'; "
+                            "not starting with '.'): it names the entry's output folder")
         missing = [k for k in REQUIRED_KEYS if not isinstance(item, dict) or k not in item]
         if missing:
             raise UserError(f"{mapping}: entry {key!r} lacks {', '.join(missing)}")
@@ -209,13 +213,13 @@ def averages(rows: list[dict]) -> dict:
 
 
 def run_method(model, entries: list[dict], photos: list[np.ndarray], masks: list[np.ndarray], method: str,
-               inversion: str | None, options: list[str], batch_size: int, clip, dino, out: Path,
+               inversion: str | None, options: list[str], batch_size: int, clip, dino, out: OutputFolder,
                quiet: bool) -> list[dict]:
     """Edit and score every entry with one method; one row per entry (an error row if the edit is refused)."""
     from tqdm.auto import tqdm
 
     inverter = BatchedInversions(photos, [e["source"] for e in entries], batch_size)
-    folder = out / "edits" / method_name(method, inversion).replace(":", "-")
+    folder = out.child("edits", method_name(method, inversion).replace(":", "-"))
     rows = []
     for entry, photo, mask in tqdm(list(zip(entries, photos, masks)), desc=method_name(method, inversion),
                                    disable=quiet):
@@ -225,11 +229,11 @@ def run_method(model, entries: list[dict], photos: list[np.ndarray], masks: list
         try:
             args = edit_args(method, inversion, str(entry["image"]), entry["source"], entry["target"],
                              options + blend)
-            summary = run_edit(model, photo, args, folder / entry["id"], invert_source=inverter)
+            summary = run_edit(model, photo, args, folder.child(entry["id"]), invert_source=inverter)
         except UserError as exc:
             rows.append({**row, "error": str(exc)})
             continue
-        edit = read_image(folder / entry["id"] / summary["outputs"]["edit"][0])
+        edit = read_image(folder.child(entry["id"]).folder / summary["outputs"]["edit"][0])
         row.update(score_entry(photo, edit, mask, entry["target"], clip, dino))
         row["reconstruction_psnr_db"] = summary["reconstruction_psnr_db"]
         row["seconds"] = round(time.perf_counter() - start, 2)
@@ -282,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     for method, inversion in methods:  # editing.run refuses bad options before any model is loaded
         edit_args(method, inversion, "check", "a cat", "a dog", options)
     entries = load_entries(args.data, args.types, args.limit)
+    out = OutputFolder.prepare(args.out, [Path(args.data) / MAPPING_FILE, *(e["image"] for e in entries)])
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     apply_speed(model, speed_options(args))
     clip = ClipScore(args.clip, model.device) if args.clip else None
@@ -292,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     originals = [read_image(e["image"]) for e in entries]
     photos = [prepare_image(rgb, model.resolution) for rgb in originals]
     masks = [mask_at(e["mask"], rgb.shape, model.resolution) for e, rgb in zip(entries, originals)]
-    out = Path(args.out)
     results = []
     for method, inversion in methods:
         rows = run_method(model, entries, photos, masks, method, inversion, options, args.batch_size, clip, dino,
@@ -305,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d"),
               "command": "python -m benchmarks.quality pie " + " ".join(argv),
               "clip": args.clip, "dino": args.dino, "notes": notes}
-    write_json(out / "pie.json", {**header, "results": results})
+    write_json(out.path("pie.json"), {**header, "results": results})
     text = markdown(header, results, notes)
-    atomic_write(out / "pie.md", text)
+    atomic_write(out.path("pie.md"), text)
     print(text)
     return EXIT_OK
 

@@ -42,6 +42,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import os
 import platform
 import re
 import resource
@@ -62,7 +63,8 @@ from benchmarks.reference_nti import check_model, reference_null_text_inversion
 from editing import multires_ti
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
-from editing.core.files import write_json
+from editing.core.files import atomic_write, write_json
+from editing.core.outputs import OutputFolder, unique_names
 from editing.core.image_io import load_image, save_image
 from editing.core.loading import load_model
 from editing.core.model import TINY_RANDOM_NAME
@@ -255,14 +257,11 @@ def edit_request(method: str, image: str, options) -> EditRequest:
                        seed=options.seed, quiet=True, **EDIT_METHODS[method].request, **given)
 
 
-def run_folders(images: list[str], parent: Path) -> list[Path]:
-    """One run folder per photo, named after it; photos of the same name in different folders get -2, -3, ..."""
-    folders, seen = [], {}
-    for path in images:
-        stem = Path(path).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        folders.append(parent / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
-    return folders
+def run_folders(images: list[str], parent: OutputFolder) -> list[OutputFolder]:
+    """One run folder per photo, named after it (made safe); photos of the same name in different folders,
+    and names that differ only in case, get a short hash of their path (editing.core.outputs.unique_names)."""
+    names = unique_names([Path(path).stem for path in images], [os.path.abspath(path) for path in images])
+    return [parent.child(name) for name in names]
 
 
 def synchronised_invert(device: torch.device):
@@ -276,9 +275,10 @@ def synchronised_invert(device: torch.device):
     return invert_source
 
 
-def edit_runner(method: str, model, images, options, out: Path) -> Runner:
+def edit_runner(method: str, model, images, options, out: Path | OutputFolder) -> Runner:
     requests = [edit_request(method, path, options) for path in options.images]
-    folders = run_folders(options.images, out / "runs" / method)
+    out = out if isinstance(out, OutputFolder) else OutputFolder.prepare(out, options.images)
+    folders = run_folders(options.images, out.child("runs", method))
     invert_source = synchronised_invert(model.device)
 
     def run(k: int, repeat: int):
@@ -503,7 +503,7 @@ def write_markdown(path: Path, report: dict) -> None:
         lines.append(f"- {model['name']} has random weights: the timings and memory are those of its "
                      "architecture, but its pictures, and any quality figure from them (the reconstruction PSNR in "
                      "timing.json), are meaningless.")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def write_chart(path: Path, report: dict) -> None:
@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if options.threads is not None:
         torch.set_num_threads(options.threads)
-    out = Path(options.out)
+    out = OutputFolder.prepare(options.out, options.images)
     methods = list(dict.fromkeys(options.methods))  # in the order given, each once
     for method in methods:  # bad options fail here, before the model is loaded
         if method in EDIT_METHODS:
@@ -584,11 +584,10 @@ def main(argv: list[str] | None = None) -> int:
         report["methods"][method] = entry
     if REFERENCE in runners:
         report["reference"] = reference_ratio(runs[REFERENCE])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "timing.json", report)
-    write_markdown(out / "timing.md", report)
-    write_chart(out / "timing.png", report)
-    print(f"wrote {out}/timing.json, timing.md, timing.png")
+    write_json(out.path("timing.json"), report)
+    write_markdown(out.path("timing.md"), report)
+    write_chart(out.path("timing.png"), report)
+    print(f"wrote {out.folder}/timing.json, timing.md, timing.png")
     if report.get("reference"):
         print(report["reference"]["line"])
     return EXIT_OK

@@ -24,6 +24,9 @@ grid.png, summary.json), report.json and report.md, and the inversion cache (.ca
 --cache). A finished image (its summary.json and every output it lists present) is skipped when the
 batch runs again (--no-resume to refuse that, --overwrite to redo it). Every file is written under a
 temporary name and renamed, so a run killed at any moment leaves no half-written file.
+One batch at a time writes into an --out folder (a lock on OUT/.lock): a second one started on the same
+folder stops with an error naming the first one's process. Nothing is written outside --out (or --cache):
+a link planted inside it is refused, not followed, and no output may replace an input file.
 Under `accelerate launch` each process edits a disjoint share of the images and the main process merges
 the reports. Exit codes: 0 all done, 1 some image failed (see the report), 2 bad input or usage (one
 `error:` line).
@@ -31,13 +34,13 @@ the reports. Exit codes: 0 all done, 1 some image failed (see the report), 2 bad
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -48,12 +51,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from editing import run
-from editing.methods import finished_summary, inversion_config, run_edit, same_edit
+from editing.methods import check_for_model, finished_summary, inversion_config, run_edit, same_edit
 from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
-from editing.core.files import write_json
+from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
 from editing.core.image_io import load_image
+from editing.core.outputs import OutputFolder, unique_names
 from editing.core.loading import load_model
 from editing.core.speed import apply_speed, speed_options
 from inversion.invert import InversionConfig, invert
@@ -65,9 +69,7 @@ GPU_BATCH_SIZE = 4
 CPU_BATCH_SIZE = 1
 CACHE_SUBDIR = Path(".cache") / "inversions"  # inside --out, so a later run into the same folder finds it
 PARTIAL_REPORTS = ".reports"  # each process's own report, merged by the main process
-# Output folder names: letters, digits, '_', '.', '-'; never hidden, never longer than this (file systems
-# allow 255 bytes, and a UTF-8 character may take 4).
-MAX_NAME_CHARS = 60
+LOCK_FILE = ".lock"  # held (flock) for the whole run: one batch at a time per --out
 RESERVED_NAMES = ("report.json", "report.md")  # files the batch writes beside the image folders
 # The main process waits at the end for the slowest process; torch's default (10 to 30 minutes) would
 # abort a long run whose shards finish far apart.
@@ -131,7 +133,7 @@ class InversionCache:
     null-finetune alike; a damaged or foreign file is inverted again and replaced.
     """
 
-    folder: Path
+    folder: OutputFolder
     # fingerprint -> seconds spent inverting it in this run, until the first image edited with it claims it
     computed: dict[str, float] = field(default_factory=dict)
 
@@ -139,7 +141,7 @@ class InversionCache:
         return combine(fingerprint_parts(image, prompt, model.fingerprint, config.method, config.params()))
 
     def path(self, key: str) -> Path:
-        return self.folder / f"{key}.safetensors"
+        return self.folder.path(f"{key}.safetensors")
 
     def load(self, model, image, prompt: str, config: InversionConfig) -> Inversion | None:
         key = self.key(model, image, prompt, config)
@@ -281,24 +283,9 @@ def folder_specs(folder: Path) -> list[Spec]:
     return [Spec(key=p.name, image=str(p), name=p.stem) for p in files]
 
 
-def safe_name(text: str) -> str:
-    """A folder name that cannot leave the output folder: no separators, no '..', not hidden, not empty."""
-    name = re.sub(r"[^\w.-]+", "_", text).strip("._-")[:MAX_NAME_CHARS].rstrip("._-")
-    return name or "image"
-
-
 def output_names(specs: list[Spec]) -> list[str]:
-    """Safe names, unique even where file systems ignore case: a taken name gets a short hash of its input."""
-    taken, names = {n.lower() for n in RESERVED_NAMES}, []
-    for spec in specs:
-        name = safe_name(spec.name)
-        salt = 0
-        while name.lower() in taken:
-            name = f"{safe_name(spec.name)}-{hashlib.sha256(f'{spec.key}#{salt}'.encode()).hexdigest()[:6]}"
-            salt += 1
-        taken.add(name.lower())
-        names.append(name)
-    return names
+    """Safe names (editing.core.outputs.safe_name), unique even where file systems ignore case."""
+    return unique_names([s.name for s in specs], [s.key for s in specs], RESERVED_NAMES)
 
 
 def find_jobs(batch: argparse.Namespace, shared: argparse.Namespace) -> list[Job]:
@@ -370,15 +357,15 @@ def invert_ahead(cache: InversionCache, model, loaded: list[tuple[Job, np.ndarra
             continue
 
 
-def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: InversionCache, out: Path,
+def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: InversionCache, out: OutputFolder,
              debug: bool) -> dict:
-    folder = out / job.name
+    folder = out.child(job.name)
     key = None
     if job.request.uses_source:
         key = cache.key(model, image, job.request.source_prompt, inversion_config(job.request))
     try:
-        (folder / "summary.json").unlink(missing_ok=True)  # else old outputs beside new ones would look finished
-        for stale in folder.glob(".*.tmp"):  # what a killed run was writing when it died
+        folder.path("summary.json").unlink(missing_ok=True)  # else old outputs beside new ones would look finished
+        for stale in folder.folder.glob(".*.tmp"):  # what a killed run was writing when it died (the lock: no other)
             stale.unlink()
         summary = run_edit(model, image, job.request, folder, invert_source=cache)
     except Exception as exc:  # this image fails; the batch goes on
@@ -392,12 +379,12 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
     return {**entry(job, "done", summary=summary, inversion=inversion), "timings_s": timings}
 
 
-def run_shard(jobs: list[Job], model, cache: InversionCache, out: Path, batch, entries: dict,
+def run_shard(jobs: list[Job], model, cache: InversionCache, out: OutputFolder, batch, entries: dict,
               show_bar: bool) -> None:
     """Edit this process' images, filling entries (index -> report entry) as each finishes."""
     todo = []
     for job in jobs:
-        found = triage(job, out, model, batch)
+        found = triage(job, out.folder, model, batch)
         if found is None:
             todo.append(job)
         else:
@@ -410,7 +397,7 @@ def run_shard(jobs: list[Job], model, cache: InversionCache, out: Path, batch, e
             for job in todo[start:start + batch_size]:
                 t0 = time.perf_counter()
                 try:
-                    image = load_image(job.image, model.resolution, job.request.crop)
+                    image = load_image(job.image, model.resolution, job.request.crop, job.request.max_pixels)
                     loaded.append((job, image, time.perf_counter() - t0))
                 except Exception as exc:
                     entries[job.index] = entry(job, "failed", describe(exc))
@@ -436,11 +423,11 @@ def totals(entries: list[dict], wall_s: float, processes: int) -> dict:
             "wall_s": round(wall_s, 3), "processes": processes}
 
 
-def write_report(out: Path, entries: list[dict], wall_s: float, processes: int, model) -> dict:
+def write_report(out: OutputFolder, entries: list[dict], wall_s: float, processes: int, model) -> dict:
     """report.json and report.md (both atomic)."""
     report = {"command": "python -m editing.batch", "model": model.name, "device": str(model.device),
               "totals": totals(entries, wall_s, processes), "images": entries}
-    write_json(out / "report.json", report)
+    write_json(out.path("report.json"), report)
     t = report["totals"]
     lines = ["# Batch edit report", "",
              f"{t['images']} images: {t['done']} done, {t['skipped']} skipped, {t['failed']} failed; "
@@ -454,11 +441,41 @@ def write_report(out: Path, entries: list[dict], wall_s: float, processes: int, 
         cells = [e["name"], e["status"], e.get("inversion") or "", *times, e["reconstruction_psnr_db"] or "",
                  (e["error"] or "").replace("|", "/").replace("\n", " ")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    text = "\n".join(lines) + "\n"
-    temporary = out / f".report.md.{os.getpid()}.tmp"
-    temporary.write_text(text)
-    os.replace(temporary, out / "report.md")
+    atomic_write(out.path("report.md"), "\n".join(lines) + "\n")
     return report
+
+
+@contextmanager
+def batch_lock(out: OutputFolder, shared: bool):
+    """Hold OUT/.lock for the whole run, so two batches never write into one folder at once: exclusive for a
+    single process; shared by the processes of one `accelerate launch` (which split the images), which still
+    keeps a single-process batch out. A second batch stops at once with a UserError naming the holder."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock
+        yield
+        return
+    path = out.path(LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"another editing.batch (process {holder}) is writing into {out.folder}; wait for it "
+                            "to finish, or give another --out") from None
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def batch_inputs(batch, shared, jobs: list[Job]) -> list:
+    """Every file the batch reads, which no output may replace."""
+    masks = [job.request.mask for job in jobs if job.request is not None]
+    return [batch.manifest, shared.config, *(job.image for job in jobs), *masks]
 
 
 def distributed_state(device: str):
@@ -481,16 +498,29 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--batch-size must be at least 1, got {batch.batch_size}")
     shared = shared_options(rest, has_manifest=bool(batch.manifest))
     jobs = find_jobs(batch, shared)
+    out = OutputFolder.prepare(batch.out, batch_inputs(batch, shared, jobs))
+    cache_folder = OutputFolder.prepare(batch.cache, out.inputs, "--cache") if batch.cache \
+        else out.child(*CACHE_SUBDIR.parts)
     state = distributed_state(shared.device)
+    with batch_lock(out, shared=state.num_processes > 1):
+        return run_batch(batch, shared, jobs, state, out, InversionCache(cache_folder), start)
+
+
+def run_batch(batch, shared, jobs: list[Job], state, out: OutputFolder, cache: InversionCache, start: float) -> int:
     device = str(state.device) if state.num_processes > 1 and state.device.type == "cuda" else shared.device
     model = load_model(shared.model, device=device, dtype=shared.dtype)
     apply_speed(model, speed_options(shared))
-    out = Path(batch.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = InversionCache(Path(batch.cache) if batch.cache else out / CACHE_SUBDIR)
+    for job in jobs:  # the limits that need the model (--steps): a shared option stops the batch, an entry fails
+        if job.request is not None and not job.error:
+            try:
+                check_for_model(job.request, model)
+            except UserError as exc:
+                if not batch.manifest:
+                    raise
+                job.error = str(exc)
     mine = jobs[state.process_index::state.num_processes]
     entries: dict[int, dict] = {}
-    partial = out / PARTIAL_REPORTS / f"process-{state.process_index}-of-{state.num_processes}.json"
+    partial = out.path(PARTIAL_REPORTS, f"process-{state.process_index}-of-{state.num_processes}.json")
     try:
         run_shard(mine, model, cache, out, batch, entries, show_bar=state.is_local_main_process)
     finally:  # also when interrupted: what finished is reported, the rest as not run
@@ -506,13 +536,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILURE if any(e["status"] == "failed" for e in entries.values()) else EXIT_OK
         merged = []
         for k in range(state.num_processes):
-            merged += json.loads((out / PARTIAL_REPORTS / f"process-{k}-of-{state.num_processes}.json")
+            merged += json.loads(out.path(PARTIAL_REPORTS, f"process-{k}-of-{state.num_processes}.json")
                                  .read_text())["images"]
         report = write_report(out, sorted(merged, key=lambda e: e["index"]), time.perf_counter() - start,
                               state.num_processes, model)
     t = report["totals"]
     print(f"{t['done']} edited, {t['skipped']} skipped (finished before), {t['failed']} failed of {t['images']} "
-          f"images; report: {out / 'report.md'}")
+          f"images; report: {out.folder / 'report.md'}")
     return EXIT_FAILURE if t["failed"] else EXIT_OK
 
 

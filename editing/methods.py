@@ -21,8 +21,9 @@ import torch
 from attention.controllers import BlendConfig, P2PConfig, PromptToPrompt
 from attention.heatmaps import cross_attention_heatmaps, self_attention_components
 from editing.core.files import write_json
-from editing.core.image_io import Crop, image_grid, prepare_image, read_image, save_image
+from editing.core.image_io import MAX_IMAGE_PIXELS, Crop, image_grid, prepare_image, read_image, save_image
 from editing.core.metrics import peak_memory_mb, psnr
+from editing.core.outputs import OutputFolder, refuse_input
 from editing.core.model import DTYPES
 from editing.core.speed import speed_summary
 from editing.embedding import EmbeddingConfig
@@ -40,10 +41,10 @@ from inversion.null_text import NullTextConfig
 from inversion.record import Inversion
 
 
-def load_mask(path: str, crop: Crop, model) -> torch.Tensor:
+def load_mask(path: str, crop: Crop, model, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
     """A mask image -> (h, w) float in {0, 1} at latent size (white = editable)."""
     latent = model.resolution // model.vae_scale_factor
-    rgb = prepare_image(read_image(path), latent, crop)
+    rgb = prepare_image(read_image(path, max_pixels), latent, crop)
     return torch.from_numpy((rgb.mean(-1) > 127).astype("float32"))
 
 
@@ -55,7 +56,7 @@ def p2p_config(request: EditRequest, model, crop: Crop) -> P2PConfig:
     if request.blend_words or request.mask:
         blend = BlendConfig(words=list(request.blend_words or []), threshold=request.blend_threshold,
                             start=request.blend_start, subtract_words=list(request.blend_subtract),
-                            mask=load_mask(request.mask, crop, model) if request.mask else None)
+                            mask=load_mask(request.mask, crop, model, request.max_pixels) if request.mask else None)
     return P2PConfig(edit=request.edit, cross_replace=cross, self_replace=request.self_replace,
                      reweight=dict(request.reweight), blend=blend)
 
@@ -224,7 +225,7 @@ def sweep_values(text, top, what: str, kind) -> list:
 
 
 # Request fields that name or report an edit but do not change its pixels.
-NOT_IDENTITY = ("image", "quiet", "save_inversion", "inversion_file")
+NOT_IDENTITY = ("image", "quiet", "save_inversion", "inversion_file", "max_pixels")
 
 
 def edit_identity(request: EditRequest) -> dict:
@@ -234,6 +235,8 @@ def edit_identity(request: EditRequest) -> dict:
 
 def finished_summary(folder: Path) -> dict | None:
     """The folder's summary.json when its edit finished (every output it lists is there), else None."""
+    if Path(folder).is_symlink():  # never read through a link planted in --out (the edit then refuses it)
+        return None
     try:
         summary = json.loads((Path(folder) / "summary.json").read_text())
         outputs = [n for v in summary["outputs"].values() for n in (v if isinstance(v, list) else [v])]
@@ -267,31 +270,58 @@ def edit(model, image: np.ndarray, request: EditRequest, invert_source=default_i
     invert_source(model, image, prompt, InversionConfig, disable) -> Inversion lets a caller (the batch
     runner, the web page) supply cached inversions.
     """
+    check_for_model(request, model)
     torch.manual_seed(request.seed)
     return METHODS[request.method](model, image, request, invert_source, request.quiet)
 
 
-def run_edit(model, image: np.ndarray, request: EditRequest, out: Path, invert_source=default_invert) -> dict:
-    """`edit`, then write the contract's files into out; returns the summary (also written as summary.json)."""
+def check_for_model(request: EditRequest, model) -> None:
+    """The request's limits that depend on the model: DDIM cannot take more steps than it was trained with."""
+    trained = int(model.scheduler.config.num_train_timesteps)
+    if request.steps > trained:
+        raise UserError(f"--steps must be at most {trained} (the model's scheduler was trained with {trained} "
+                        f"timesteps), got {request.steps}")
+
+
+def request_inputs(request: EditRequest) -> list[str | None]:
+    """The files a request reads, which its outputs must never replace."""
+    return [request.image, request.mask, request.inversion_file]
+
+
+def edit_names(count: int, stem: str = "edit") -> list[str]:
+    return [f"{stem}.png"] if count == 1 else [f"{stem}-{k + 1}.png" for k in range(count)]
+
+
+def run_edit(model, image: np.ndarray, request: EditRequest, out: Path | OutputFolder,
+             invert_source=default_invert) -> dict:
+    """`edit`, then write the contract's files into out; returns the summary (also written as summary.json).
+
+    out is a folder (checked here) or an OutputFolder a caller checked; the output names and --save-inversion
+    are checked against the inputs before the edit starts, so a refused output costs no time."""
     start = time.perf_counter()
+    if not isinstance(out, OutputFolder):
+        out = OutputFolder.prepare(out)
+    out = out.with_inputs(request_inputs(request))
+    names = edit_names(len(request.target_prompts))
+    for name in ("source.png", "reconstruction.png", *names, "grid.png", "summary.json"):
+        out.path(name)
+    if request.save_inversion:
+        refuse_input(request.save_inversion, out.inputs, "--save-inversion")
     result = edit(model, image, request, invert_source)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(result.edits)
-    edit_names = ["edit.png"] if n == 1 else [f"edit-{k + 1}.png" for k in range(n)]
-    save_image(out / "source.png", image)
-    save_image(out / "reconstruction.png", result.reconstruction)
-    for name, edited in zip(edit_names, result.edits):
-        save_image(out / name, edited)
+    names = edit_names(len(result.edits))
+    save_image(out.path("source.png"), image)
+    save_image(out.path("reconstruction.png"), result.reconstruction)
+    for name, edited in zip(names, result.edits):
+        save_image(out.path(name), edited)
     captions = ["source", "reconstruction", *request.target_prompts]
-    save_image(out / "grid.png", image_grid([image, result.reconstruction, *result.edits], captions))
-    outputs = {"edit": edit_names, "reconstruction": "reconstruction.png", "grid": "grid.png",
+    save_image(out.path("grid.png"), image_grid([image, result.reconstruction, *result.edits], captions))
+    outputs = {"edit": names, "reconstruction": "reconstruction.png", "grid": "grid.png",
                "source": "source.png"}
     if result.sweeps:
-        names = ["sweep.png"] if len(result.sweeps) == 1 else [f"sweep-{k + 1}.png" for k in range(len(result.sweeps))]
-        for name, (grid, _) in zip(names, result.sweeps):
-            save_image(out / name, grid)
-        outputs["sweep"] = names
+        sweeps = edit_names(len(result.sweeps), "sweep")
+        for name, (grid, _) in zip(sweeps, result.sweeps):
+            save_image(out.path(name), grid)
+        outputs["sweep"] = sweeps
     if request.attention_maps and result.attention is not None:
         outputs.update(write_attention_maps(out, result.attention, request.source_prompt, model, image))
     timings = {k: round(v, 3) for k, v in result.timings_s.items()}
@@ -305,13 +335,13 @@ def run_edit(model, image: np.ndarray, request: EditRequest, out: Path, invert_s
         "reconstruction_psnr_db": round(psnr(result.reconstruction, image), 3), "outputs": outputs,
         "request": edit_identity(request),
     }
-    write_json(out / "summary.json", summary)
+    write_json(out.path("summary.json"), summary)
     return summary
 
 
-def write_attention_maps(out: Path, controller, prompt: str, model, image) -> dict:
+def write_attention_maps(out: OutputFolder, controller, prompt: str, model, image) -> dict:
     images, captions = cross_attention_heatmaps(controller, 0, prompt, model.tokenizer, image)
-    save_image(out / "attention.png", image_grid(images, captions))
+    save_image(out.path("attention.png"), image_grid(images, captions))
     images, captions = self_attention_components(controller, 0, image)
-    save_image(out / "self-attention.png", image_grid(images, captions))
+    save_image(out.path("self-attention.png"), image_grid(images, captions))
     return {"attention": "attention.png", "self_attention": "self-attention.png"}

@@ -27,6 +27,7 @@ from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import write_json
 from editing.core.image_io import image_grid, save_image
+from editing.core.outputs import OutputFolder
 from editing.core.loading import load_model
 from editing.core.model import DTYPES
 from editing.multires_prompt import METHODS, NAME, check_names, parse_prompt, with_method, words
@@ -116,17 +117,17 @@ def main_train(args) -> int:
                          kind=args.kind, seed=args.seed)
     check_name(args.name)
     files = image_files(args.images)
+    out = OutputFolder.prepare(args.out, files)
+    path = out.path(f"{args.name}.safetensors")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     images = training_images(files, model.resolution, config.crops, config.seed)
     t0 = time.perf_counter()
     concept, losses = train_concept(model, images, args.name, args.init_word, config, disable=args.quiet)
     t1 = time.perf_counter()
-    out = Path(args.out)
-    path = out / f"{args.name}.safetensors"
     save_concept(path, concept, config, model.name)
     chunk = max(1, round(len(losses) * LOSS_CHUNK_FRACTION))
     first, last = (float(np.mean(losses[:chunk])), float(np.mean(losses[-chunk:]))) if losses else (None, None)
-    write_json(out / f"{args.name}.json", {
+    write_json(out.path(f"{args.name}.json"), {
         "name": args.name, "concept": path.name, "init_word": args.init_word, "model": model.name,
         "model_fingerprint": model.fingerprint, "config": config.to_dict(), "images": [str(f) for f in files],
         "training_images": len(images), "loss_first_tenth": first, "loss_last_tenth": last, "losses": losses,
@@ -153,15 +154,15 @@ def main_sample(args) -> int:
     times = grid_times(args.grid_times) if args.grid else []
     concepts = load_concepts(args.concepts)
     check_names(pieces, concepts)
+    out = OutputFolder.prepare(args.out, [c.source for c in concepts.values()])
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     for warning in check_concepts(model, concepts, args.allow_other_model):
         print(f"warning: {warning}", file=sys.stderr)
     generator = torch.Generator(device=model.device)
     run = lambda prompts: sample_prompts(model, prompts, concepts, args.steps, args.guidance,  # noqa: E731
                                          generator.manual_seed(args.seed), args.semi_below, args.quiet)
-    out = Path(args.out)
     images, calls = run([pieces])
-    save_image(out / "sample.png", images[0])
+    save_image(out.path("sample.png"), images[0])
     outputs, encoder_calls = {"sample": "sample.png"}, {"sample": calls}
     if times:
         cells, captions, grid_calls = [], [], 0
@@ -170,9 +171,9 @@ def main_sample(args) -> int:
             cells += list(row)
             captions += [f"{method} t={t:g}" for t in times]
             grid_calls += calls
-        save_image(out / "grid.png", image_grid(cells, captions, cols=len(times)))
+        save_image(out.path("grid.png"), image_grid(cells, captions, cols=len(times)))
         outputs["grid"], encoder_calls["grid"] = "grid.png", grid_calls
-    write_json(out / "summary.json", {
+    write_json(out.path("summary.json"), {
         "prompt": args.prompt, "pseudo_words": [asdict(w) for w in words(pieces)],
         "concepts": {c.name: {"file": c.source, "scales": c.scales, "init_word": c.init_word}
                      for c in concepts.values()},
@@ -180,7 +181,7 @@ def main_sample(args) -> int:
         "guidance": args.guidance, "semi_below": args.semi_below, "grid_times": times,
         "grid_rows": list(METHODS) if times else [], "encoder_calls": encoder_calls, "outputs": outputs,
         "timings_s": {"total": round(time.perf_counter() - start, 3)}})
-    print(f"wrote {out}/ ({', '.join(outputs.values())}; text encoder ran {sum(encoder_calls.values())} times)")
+    print(f"wrote {out.folder}/ ({', '.join(outputs.values())}; text encoder ran {sum(encoder_calls.values())} times)")
     return EXIT_OK
 
 

@@ -43,7 +43,7 @@ from editing.core.files import atomic_path
 from editing.core.image_io import Crop, prepare_image, read_image
 from editing.core.sampling import Conditioning, sample
 from editing.embedding import EmbeddingConfig, optimise_embedding
-from editing.multires_prompt import Piece, PseudoWord, words
+from editing.multires_prompt import NAME, Piece, PseudoWord, words
 
 DEFAULT_SCALES = 10  # n: the paper's ten resolutions
 DEFAULT_TRAIN_STEPS = 3000  # each row sees ~steps/n of them; textual inversion uses 3000-5000 for one row
@@ -86,6 +86,9 @@ class TrainConfig:
             raise UserError(f"--crops must be 0 or more, got {self.crops}")
         if self.kind not in TEMPLATES:
             raise UserError(f"--kind must be one of {', '.join(TEMPLATES)}, got {self.kind!r}")
+        if self.steps < 1:
+            raise UserError(f"--steps must be at least 1 (0 would save the untrained init word as the concept), "
+                            f"got {self.steps}")
         self.embedding()  # steps, lr and batch are checked by the optimiser's config
 
     def embedding(self) -> EmbeddingConfig:
@@ -287,12 +290,19 @@ def load_concept(path: Path) -> Concept:
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} is not a concept file written by `python -m editing.multires train` "
                         "(no multires metadata in it)")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        version, scales = int(metadata.get("format_version", 0)), int(metadata.get("scales", -1))
+    except ValueError:
+        raise UserError(f"{path} is damaged: its format_version {metadata.get('format_version')!r} or scales "
+                        f"{metadata.get('scales')!r} is not a whole number; train the concept again") from None
+    if version > FORMAT_VERSION:
         raise UserError(f"{path} has format version {metadata['format_version']}, this toolkit reads up to "
                         f"{FORMAT_VERSION}; update the toolkit")
     name = metadata.get("name", "")
+    if not NAME.fullmatch(name):
+        raise UserError(f"{path} is damaged: its concept name {name!r} is not a valid name; train it again")
     rows = tensors.get(f"<{name}>")
-    if rows is None or len(keys) != 1 or rows.ndim != 2 or len(rows) != int(metadata.get("scales", -1)):
+    if rows is None or len(keys) != 1 or rows.ndim != 2 or len(rows) != scales:
         raise UserError(f"{path} is damaged: expected one tensor '<{name}>' of shape (scales, dim), found "
                         f"{ {k: tuple(v.shape) for k, v in tensors.items()} }")
     return Concept(name, rows.float(), metadata.get("init_word", ""), metadata.get("model_fingerprint", ""),

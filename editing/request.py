@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from attention.controllers import EDIT_MODES
 from editing.core.errors import UserError
-from editing.core.image_io import Crop
+from editing.core.image_io import MAX_IMAGE_PIXELS, Crop
 from editing.null_finetune import DEFAULT_INNER_STEPS
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from inversion.null_text import NullTextConfig
@@ -154,6 +154,7 @@ class EditRequest:
     inversion_file: str | None = None
     attention_maps: bool = False
     quiet: bool = False  # no progress bars
+    max_pixels: int = MAX_IMAGE_PIXELS  # the most pixels a photo or mask header may claim (reading, not pixels)
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen: normalise once)
@@ -171,7 +172,7 @@ class EditRequest:
         put("crop", parse_crop(self.crop))
         for name, low, high in (("steps", 1, None), ("inner_steps", 1, None), ("finetune_inner", 1, None),
                                 ("seed", 0, MAX_SEED), ("finetune_steps", 0, None), ("interp_steps", 0, None),
-                                ("embed_steps", 1, None), ("unet_steps", 0, None)):
+                                ("embed_steps", 1, None), ("unet_steps", 0, None), ("max_pixels", 1, None)):
             put(name, _finite(getattr(self, name), f"--{name.replace('_', '-')}", low, high, int))
         for name, low, high in (("guidance", 0, None), ("blend_threshold", 0, 1), ("blend_start", 0, 1),
                                 ("eta", None, None), ("embed_lr", 0, None), ("embed_lambda", 0, None),

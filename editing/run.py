@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from editing.cli import EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.loading import load_model
-from editing.core.image_io import load_image
+from editing.core.image_io import MAX_IMAGE_PIXELS, load_image
 from editing.core.model import DTYPES
+from editing.core.outputs import OutputFolder
 from editing.core.speed import add_speed_options, apply_speed, speed_options
 from editing.methods import run_edit
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
@@ -120,6 +120,8 @@ def build_parser() -> Parser:
     p.add_argument("--inversion-file", default=None, metavar="PATH",
                    help="reuse a saved inversion (checked against the image, prompt and model)")
     p.add_argument("--attention-maps", action="store_true", help="also write attention heatmaps")
+    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
+                   help=f"refuse a photo or mask whose header claims more pixels (default {MAX_IMAGE_PIXELS})")
     p.add_argument("--out", default="out", help="output folder (default out/)")
     p.add_argument("--config", default=None, help="a YAML file of these options; flags override it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -136,10 +138,11 @@ def request_from_args(args) -> EditRequest:
 def main(argv: list[str] | None = None) -> int:
     args = apply_config_file(build_parser(), argv)
     request = request_from_args(args)
+    out = OutputFolder.prepare(args.out, [args.image, args.mask, args.inversion_file, args.config])
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     apply_speed(model, speed_options(args))
-    image = load_image(args.image, model.resolution, request.crop)
-    summary = run_edit(model, image, request, Path(args.out))
+    image = load_image(args.image, model.resolution, request.crop, request.max_pixels)
+    summary = run_edit(model, image, request, out)
     print(f"wrote {args.out}/ (reconstruction PSNR {summary['reconstruction_psnr_db']} dB, "
           f"total {summary['timings_s']['total']} s)")
     return EXIT_OK

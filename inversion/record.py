@@ -2,13 +2,15 @@
 
 A record is tied to the exact image pixels, prompt, model, method and parameters by a fingerprint, so a
 stale cache can never be reused by accident: loading it for anything else is an error naming what differs.
+The file also verifies itself: a SHA-256 digest over every tensor's bytes and every metadata entry is written
+at save and checked at load, so a file changed after it was saved (an edited prompt, method or parameter, a
+swapped tensor) is refused, not used.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +20,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editing.core.errors import UserError
+from editing.core.files import atomic_path
 from editing.core.sampling import Anchors
 
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
-FORMAT_VERSION = 2  # 2: DirectInversion records always carry their trajectory (the anchors)
+# 2: DirectInversion records always carry their trajectory (the anchors); 3: a digest of the whole content
+FORMAT_VERSION = 3
+DIGEST_KEY = "digest"  # the metadata entry holding content_digest()
 
 
 def _digest(data: bytes) -> str:
@@ -51,6 +56,17 @@ def embedding_digest(embedding: torch.Tensor) -> str:
 
 def combine(parts: dict[str, str]) -> str:
     return _digest(json.dumps(parts, sort_keys=True).encode())
+
+
+def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata entry but the digest itself."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(value.dtype), list(value.shape)]).encode())
+        h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    h.update(json.dumps({k: v for k, v in meta.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 @dataclass
@@ -116,9 +132,8 @@ class Inversion:
                             f"matching {'/'.join(wrong)}")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file in the same folder, then rename)."""
+        """Write atomically (editing.core.files: a temporary name in the same folder, then a rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"x_T": self.x_T}
         for name in ("nulls", "offsets", "trajectory", "cond"):
             if getattr(self, name) is not None:
@@ -127,14 +142,9 @@ class Inversion:
         meta = {"format": str(FORMAT_VERSION), "method": self.method, "prompt": self.prompt,
                 "params": json.dumps(self.params), "parts": json.dumps(self.parts),
                 "timings_s": json.dumps(self.timings_s), "fingerprint": self.fingerprint}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        meta[DIGEST_KEY] = content_digest(tensors, meta)
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata=meta)
         return path
 
     @classmethod
@@ -152,13 +162,35 @@ class Inversion:
             found = meta.get("format")
             raise UserError(f"{path} is not an inversion file of this version of the toolkit (format {found}, "
                             f"this version reads {FORMAT_VERSION}): invert the photo again")
-        record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
-                     params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
-                     nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
-                     trajectory=tensors.get("trajectory"), cond=tensors.get("cond"), timings_s=json.loads(meta.get("timings_s", "{}")))
+        if meta.get(DIGEST_KEY) != content_digest(tensors, meta):
+            raise UserError(f"the inversion file was changed after it was saved (its digest does not match its "
+                            f"contents): {path}; invert the photo again")
+        try:
+            record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
+                         params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
+                         nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
+                         trajectory=tensors.get("trajectory"), cond=tensors.get("cond"),
+                         timings_s=json.loads(meta.get("timings_s", "{}")))
+            record._check()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path} is damaged: {exc}; invert the photo again") from None
         if record.fingerprint != meta.get("fingerprint"):
             raise UserError(f"{path} is damaged: its fingerprint does not match its contents")
         return record
+
+    def _check(self) -> None:
+        """ValueError unless the fields hold what this toolkit writes (a foreign writer may get them wrong)."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown inversion method {self.method!r}")
+        if not isinstance(self.params, dict) or not isinstance(self.parts, dict) or not isinstance(self.prompt, str):
+            raise ValueError("params and parts must be mappings, prompt a string")
+        steps = self.steps
+        if steps < 1 or self.x_T.ndim != 3:
+            raise ValueError(f"steps {steps} or x_T of shape {tuple(self.x_T.shape)} is impossible")
+        if self.method == "null-text" and (self.nulls is None or len(self.nulls) != steps):
+            raise ValueError("a null-text record needs one null embedding per step")
+        if self.trajectory is not None and len(self.trajectory) != steps + 1:
+            raise ValueError("the trajectory must hold steps + 1 latents")
 
 
 def source_anchors(records: list[Inversion], batch: int, device) -> Anchors | None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import stat
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -24,6 +27,15 @@ PathLike = str | os.PathLike
 
 # Named in every "cannot read" message, so the user knows what to give instead.
 EXPECTED_KIND = "a photo file such as PNG, JPEG, WebP, TIFF or BMP"
+
+# The most pixels a photo's header may claim before anything is decoded (raise it with --max-pixels): 100
+# megapixels is past any camera's photo, and decodes to 300 MB of RGB (800 MB at 16-bit RGBA); a header
+# claiming far more is either a mistake or a decompression bomb.
+MAX_IMAGE_PIXELS = 100_000_000
+# Bytes a file may hold per allowed pixel (16-bit RGBA, uncompressed) plus room for metadata: past that the
+# file is refused before it is read into memory.
+MAX_BYTES_PER_PIXEL = 8
+METADATA_SLACK_BYTES = 64 * 2 ** 20
 
 # EXIF tag 0x0112 says how the camera held the picture; viewers rotate by it, so we must too.
 EXIF_ORIENTATION_TAG = 0x0112
@@ -70,16 +82,19 @@ class Crop:
                 raise UserError(f"crop offset {f.name}={value!r} is invalid; give a whole number of pixels >= 0")
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read any photo as uint8 RGB (H, W, 3).
 
-    Grey images are repeated to three channels, transparency is composited on white, 16-bit and float
-    images are scaled to 8 bits, and the EXIF orientation is applied so the picture comes out upright.
-    Raises UserError, naming the path, for a missing, empty, unreadable, non-image or corrupt file.
+    Only a regular file is opened (a folder, a FIFO, a device is refused by its type first), and its header's
+    size is checked against max_pixels before any pixel is decoded. Grey images are repeated to three
+    channels, transparency is composited on white, 16-bit and float images are scaled to 8 bits, and the EXIF
+    orientation is applied so the picture comes out upright. Raises UserError, naming the path, for a
+    missing, empty, unreadable, non-image, too large or corrupt file.
     """
-    data = _read_bytes(path)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    orientation, pillow_format = _exif_orientation(data)
+    data = _read_bytes(path, max_pixels)
+    orientation, pillow_format = _inspect_header(data, path, max_pixels)
+    with _opencv_silent():  # a truncated file makes OpenCV print its own warning; ours is the one line
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         kind = f" ({pillow_format} file)" if pillow_format else ""
         raise UserError(f"cannot decode image {path}{kind}: it is not an image, or it is truncated or corrupt; "
@@ -87,11 +102,34 @@ def read_image(path: PathLike) -> np.ndarray:
     if orientation is None:
         # Pillow refused the file as too large to inspect, so let OpenCV apply the EXIF orientation itself
         # (that mode keeps 16-bit depth but drops transparency).
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        with _opencv_silent():
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     rgb = _to_uint8_rgb(pixels, path)
     if orientation in _UPRIGHT and pillow_format not in FORMATS_ORIENTED_BY_OPENCV:
         rgb = np.ascontiguousarray(_UPRIGHT[orientation](rgb))
     return rgb
+
+
+def check_max_pixels(value) -> int:
+    """--max-pixels: a whole number >= 1."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--max-pixels must be a whole number of pixels, got {value!r}") from None
+    if isinstance(value, bool) or number < 1:
+        raise UserError(f"--max-pixels must be at least 1, got {value!r}")
+    return number
+
+
+@contextmanager
+def _opencv_silent():
+    logging = cv2.utils.logging
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
 
 
 def prepare_image(rgb: np.ndarray, size: int, crop: Crop = Crop()) -> np.ndarray:
@@ -120,9 +158,9 @@ def prepare_image(rgb: np.ndarray, size: int, crop: Crop = Crop()) -> np.ndarray
     return cv2.resize(np.ascontiguousarray(square), (int(size), int(size)), interpolation=interpolation)
 
 
-def load_image(path: PathLike, size: int, crop: Crop = Crop()) -> np.ndarray:
+def load_image(path: PathLike, size: int, crop: Crop = Crop(), max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """read_image then prepare_image: the photo as uint8 RGB (size, size, 3)."""
-    return prepare_image(read_image(path), size, crop)
+    return prepare_image(read_image(path, max_pixels), size, crop)
 
 
 def save_image(path: PathLike, rgb: np.ndarray) -> None:
@@ -170,15 +208,40 @@ def image_grid(images: list[np.ndarray], captions: list[str], cols: int | None =
     return grid
 
 
-def _read_bytes(path: PathLike) -> bytes:
-    """The file's bytes, or a UserError that says what is wrong with the path."""
-    file = Path(path)
-    if file.is_dir():
-        raise UserError(f"{path} is a folder, not an image; give the path of {EXPECTED_KIND}")
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _read_bytes(path: PathLike, max_pixels: int) -> bytes:
+    """The bytes of a regular file, or a UserError that says what is wrong with the path.
+
+    The type is checked before the file is opened (a FIFO would block, /dev/zero never ends), and again on
+    the open descriptor (O_NONBLOCK: even a FIFO swapped in meanwhile cannot block the open)."""
     try:
-        data = file.read_bytes()
+        info = os.stat(path)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}; check the file name and folder") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {getattr(error, 'strerror', None) or error}; "
+                        "check it is a readable file") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path} is {_file_kind(info.st_mode)}, not an image file; give the path of {EXPECTED_KIND}")
+    if info.st_size == 0:
+        raise UserError(f"image file {path} is empty (0 bytes); expected {EXPECTED_KIND}")
+    limit = max_pixels * MAX_BYTES_PER_PIXEL + METADATA_SLACK_BYTES
+    if info.st_size > limit:
+        raise UserError(f"image file {path} holds {info.st_size} bytes, more than any image of at most "
+                        f"{max_pixels} pixels needs ({limit}); raise --max-pixels if it really is a photo")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise UserError(f"{path} is not a regular file; give the path of {EXPECTED_KIND}")
+            data = file.read(limit + 1)
     except OSError as error:
         raise UserError(f"cannot read image {path}: {error.strerror or error}; check it is a readable file") from None
     if not data:
@@ -186,21 +249,36 @@ def _read_bytes(path: PathLike) -> bytes:
     return data
 
 
-def _exif_orientation(data: bytes) -> tuple[int | None, str | None]:
-    """(EXIF orientation, Pillow's name for the format), best effort.
+def _inspect_header(data: bytes, path: PathLike, max_pixels: int) -> tuple[int | None, str | None]:
+    """Check the size the header claims against max_pixels (Pillow reads only the header here), and return
+    (EXIF orientation, Pillow's name for the format), best effort.
 
-    Orientation is 1 when there is no tag or Pillow cannot parse the file or its EXIF (the pixels may
-    still be fine for OpenCV), and None when Pillow refuses the image as too large to inspect.
+    Orientation is 1 when there is no tag or Pillow cannot parse the file or its EXIF (the pixels may still
+    be fine for OpenCV), and None when Pillow refuses the image as too large to inspect (only possible when
+    max_pixels is above Pillow's own limit).
     """
     try:
         with warnings.catch_warnings():
             # Pillow warns that big photos may be "decompression bombs"; we only read their header here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
                 pillow_format = image.format
+                if width * height > max_pixels:
+                    raise UserError(f"image {path} is {width} x {height} pixels by its header, more than the "
+                                    f"limit of {max_pixels} pixels; raise it with --max-pixels if the photo is "
+                                    "real")
                 orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as error:  # past Pillow's own limit: it names the size, not the sides
+        pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels <= pillow_limit:
+            claimed = re.search(r"\((\d+) pixels\)", str(error))
+            size = f"{claimed.group(1)} pixels" if claimed else f"more than {pillow_limit} pixels"
+            raise UserError(f"image {path} is {size} by its header, more than the limit of {max_pixels} pixels; "
+                            "raise it with --max-pixels if the photo is real") from None
         return None, None
+    except UserError:
+        raise
     except Exception:  # unknown format or broken metadata: metadata is optional, the pixels decide
         return 1, None
     return (orientation if orientation in _UPRIGHT else 1), pillow_format

@@ -44,6 +44,14 @@ def pick_device(device: str = "auto") -> torch.device:
         raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} asked for but this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s); use cuda:0 or --device auto")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise UserError(f"device {device!r} asked for but Apple's MPS is not available here; use --device auto or cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
