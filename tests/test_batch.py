@@ -311,3 +311,25 @@ def test_two_accelerate_processes_edit_every_image_exactly_once(tmp_path):
         assert by_name(report)[name]["status"] == "done"
         check_outputs(out / name)
     assert by_name(report)["d-corrupt"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("change, check", [
+    (["--inversion", "direct"], lambda summary: summary["inversion"] == "direct"),
+    (["--cross-replace", "0.3"], lambda summary: summary.get("request", {}).get("cross_replace") == 0.3),
+])
+def test_a_finished_edit_with_other_pixel_options_is_never_skipped(tmp_path, change, check):
+    """The bug: a re-run with --inversion direct (or another --cross-replace) into the same --out reported the
+    old null-text edits as skipped. Now such a folder is refused without --overwrite and edited with it."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy(REPO / "examples" / "toy-red-circle.png", photos / "a-circle.png")
+    assert batch(folder_argv(photos, out)) == 0
+    first = json.loads((out / "a-circle" / "summary.json").read_text())
+    assert not check(first)
+    assert batch(folder_argv(photos, out, *change)) == 1
+    entry = by_name(report_of(out))["a-circle"]
+    assert entry["status"] == "failed" and "other settings" in entry["error"]
+    assert json.loads((out / "a-circle" / "summary.json").read_text()) == first  # untouched
+    assert batch(folder_argv(photos, out, *change, "--overwrite")) == 0
+    assert by_name(report_of(out))["a-circle"]["status"] == "done"
+    assert check(check_outputs(out / "a-circle"))

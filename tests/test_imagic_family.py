@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from attention.controllers import BlendConfig, P2PConfig
 from editing.embedding import EmbeddingConfig, noised, optimise_embedding
 from editing.core.errors import UserError
 from editing.imagic import ImagicConfig, finetuned_unet
@@ -259,6 +261,7 @@ def test_cli_methods_on_the_default_model(tmp_path, method, extra):
     (["--method", "imagic", "--sweep", "--sweep-eta", "0,x"], "comma-separated"),
     (["--method", "learned-embedding", "--save-inversion", "x.safetensors"], "learned embedding"),
     (["--method", "imagic", "--embed-lr", "0"], "learning rate"),
+    (["--method", "null-finetune", "--source-prompt", SOURCE, "--finetune-inner", "0"], "--finetune-inner"),
 ])
 def test_cli_method_errors(tmp_path, capsys, argv, message):
     from editing.cli import run_main
@@ -269,6 +272,28 @@ def test_cli_method_errors(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: NullTextConfig(inner_steps=0), "--finetune-inner"),  # crashed later with UnboundLocalError
+    (lambda: NullTextConfig(inner_steps=2.5), "--inner-steps"),
+    (lambda: NullTextConfig(lr=0.0), "learning rate"),
+    (lambda: NullTextConfig(early_stop=float("nan")), "early_stop"),
+    (lambda: NullFinetuneConfig(steps=-1), "--finetune-steps"),
+    (lambda: LearnedEmbeddingConfig(interp_steps=-2), "--interp-steps"),
+    (lambda: LearnedEmbeddingConfig(eta=float("inf")), "--eta"),
+    (lambda: ImagicConfig(eta=float("nan")), "--eta"),
+    (lambda: P2PConfig(edit="swap"), "unknown edit"),
+    (lambda: P2PConfig(cross_replace=1.5), "--cross-replace"),
+    (lambda: P2PConfig(cross_replace={"default_": 0.8, "cat": (0.6, 0.2)}), "--cross-replace-word cat"),
+    (lambda: P2PConfig(self_replace="most"), "--self-replace"),
+    (lambda: P2PConfig(reweight={"cat": float("nan")}), "--reweight cat"),
+    (lambda: BlendConfig(words=[]), "--blend-words"),
+    (lambda: BlendConfig(words=["cat"], threshold=2.0), "--blend-threshold"),
+])
+def test_configs_refuse_bad_values_when_made(make, names):
+    with pytest.raises(UserError, match=re.escape(names)):
+        make()
 
 
 def test_embedding_optimiser_reports_a_nan(tiny_model, photos):
