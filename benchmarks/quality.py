@@ -39,26 +39,25 @@ Exit codes: 0 done, 2 bad input or usage (one `error:` line), 1 a failure inside
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
+from benchmarks.edit_runs import add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
-from benchmarks.metrics import PSNR_CAP_DB, masked_psnr, ssim
+from benchmarks.metrics import masked_psnr
 from editing.cli import EXIT_OK, Parser, run_main
-from editing.core.files import write_json
+from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
 from editing.core.image_io import image_grid, load_image, read_image, save_image
 from editing.core.model import DEFAULT_MODEL_DIR
 from editing.core.loading import load_model
 from editing.edit import run_edit
+from editing.inversion_cache import InversionCache
 from editing.core.speed import apply_speed, speed_options, speed_summary
-from editing.core.metrics import psnr
+from editing.core.metrics import PSNR_CAP_DB, psnr, ssim
 from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
@@ -81,19 +80,6 @@ def unchanged_region(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
     changed = (source != edited).any(-1).astype(np.uint8)
     kernel = np.ones((2 * CHANGED_DILATION + 1,) * 2, np.uint8)
     return cv2.dilate(changed, kernel) == 0
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def build_parser() -> Parser:
@@ -215,13 +201,16 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
     from tqdm.auto import tqdm
 
     label = method_label(method, inversion, p2p_edit="replace")
-    inverter = BatchedInversions([p["image"] for p in pairs], [p["caption"] for p in pairs], args.batch_size)
+    inverter = InversionCache()  # in memory: batch_size photos inverted together, each record used once
     folder = out / "edits" / method_name(method, inversion).replace(":", "-")
+    requests = [edit_args(method, inversion, f"toyworld scene {k} (seed {SEED})", pair["caption"],
+                          pair["edited_caption"], edit_options(args)) for k, pair in enumerate(pairs)]
     rows, examples, start = [], [], time.perf_counter()
     for k, pair in enumerate(tqdm(pairs, desc=label, disable=args.quiet)):
-        run_args = edit_args(method, inversion, f"toyworld scene {k} (seed {SEED})", pair["caption"],
-                             pair["edited_caption"], edit_options(args))
-        summary = run_edit(model, pair["image"], run_args, folder / f"{k:03d}", invert_source=inverter)
+        if k % args.batch_size == 0:
+            ahead = range(k, min(k + args.batch_size, len(pairs)))
+            inverter.prefetch(model, [(pairs[j]["image"], requests[j]) for j in ahead], disable=True)
+        summary = run_edit(model, pair["image"], requests[k], folder / f"{k:03d}", invert_source=inverter)
         edit = read_image(folder / f"{k:03d}" / summary["outputs"]["edit"][0])
         reconstruction = read_image(folder / f"{k:03d}" / summary["outputs"]["reconstruction"])
         rows.append(score_edit(pair, edit, reconstruction))
@@ -331,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     cols=4))
     write_json(out / "quality.json", report)
     text = markdown(header | {"scenes": args.n}, reconstruction, edits)
-    write_text(out / "quality.md", text)
+    atomic_write(out / "quality.md", text)
     print(text)
     return EXIT_OK
 

@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -48,11 +46,12 @@ import numpy as np
 import torch
 
 from editing.cli import EXIT_OK, Parser, run_main
-from editing.core.files import write_json
+from editing.core.files import atomic_path, write_json
 from editing.embedding import EmbeddingConfig, optimise_embedding
 from editing.core.errors import UserError
 from editing.core.image_io import Crop, image_grid, prepare_image, read_image, save_image
 from editing.core.model import DTYPES
+from editing.core.prompts import check_prompt_length
 from editing.core.loading import load_model
 from editing.multires_prompt import METHODS, NAME, Piece, PseudoWord, check_names, parse_prompt, with_method, words
 from editing.core.sampling import Conditioning, sample
@@ -148,10 +147,8 @@ def layout(model, pieces: Sequence[str | None]) -> tuple[torch.Tensor, list[int]
         else:
             ids += tokenizer(piece, add_special_tokens=False).input_ids
     ids.append(tokenizer.eos_token_id)
-    if len(ids) > model.max_tokens:
-        text = "".join(PLACEHOLDER if p is None else p for p in pieces)
-        raise UserError(f"prompt has {len(ids)} tokens, the text encoder takes at most {model.max_tokens} "
-                        f"(start and end tokens included); shorten it: {text[:60]!r}...")
+    text = "".join(PLACEHOLDER if p is None else p for p in pieces)
+    check_prompt_length(text, tokenizer, model.max_tokens, count=len(ids))
     ids += [tokenizer.pad_token_id] * (model.max_tokens - len(ids))
     return torch.tensor(ids, device=model.device), slots
 
@@ -283,7 +280,7 @@ def train_concept(model, images: np.ndarray, name: str, init_word: str, config: 
 
 
 def save_concept(path: Path, concept: Concept, config: TrainConfig | None = None, model_name: str = "") -> None:
-    """Write the concept as safetensors {"<name>": (n, D)} with its metadata, atomically (tmp + os.replace)."""
+    """Write the concept as safetensors {"<name>": (n, D)} with its metadata, atomically (editing.core.files)."""
     from safetensors.torch import save_file
 
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "name": concept.name,
@@ -291,14 +288,8 @@ def save_concept(path: Path, concept: Concept, config: TrainConfig | None = None
                 "model_fingerprint": concept.fingerprint, "model": model_name,
                 "bands": "row k was trained on t = timestep / num_train_timesteps in [k/n, (k+1)/n)",
                 "config": json.dumps(config.to_dict() if config else {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         save_file({f"<{concept.name}>": concept.rows.float().cpu().contiguous()}, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def load_concept(path: Path) -> Concept:

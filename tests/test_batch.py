@@ -22,7 +22,7 @@ import pytest
 
 from editing import batch as batch_module, run
 from editing.edit import inversion_config
-from editing.batch import InversionCache
+from editing.inversion_cache import InversionCache
 from editing.cli import run_main
 from editing.core.image_io import load_image, read_image
 from editing.core.loading import load_model
