@@ -12,6 +12,7 @@ from editing.core.metrics import PSNR_CAP_DB, ssim
 from editing.cli import run_main
 from editing.core.image_io import read_image, save_image
 from toyworld.world import edit_pairs
+from helpers import help_examples
 
 
 def test_unchanged_region_excludes_exactly_the_edited_pixels():
@@ -36,6 +37,19 @@ def test_masked_psnr_counts_only_the_mask():
     assert np.isnan(masked_psnr(a, b, np.zeros((4, 4), bool)))
 
 
+def assert_scores_read_from_the_written_edits(out, result) -> None:
+    """The benchmark's per-scene verdicts (and its accuracy) are the checker's reading of the edits it wrote."""
+    from benchmarks.quality import SEED
+    from toyworld.checker import check, read_scene
+
+    pairs = edit_pairs(SEED, result["scenes"], size=64)
+    folder = out / "edits" / result["spec"].replace(":", "-")
+    verdicts = [all(check(read_scene(read_image(folder / f"{k:03d}" / "edit.png")), pair["edited_scene"]).values())
+                for k, pair in enumerate(pairs)]
+    assert [row["all"] for row in result["per_scene"]] == verdicts
+    assert result["edit_accuracy"] == pytest.approx(np.mean(verdicts))
+
+
 def test_benchmark_writes_its_files(tmp_path):
     code = run_main(main, ["--model", "tiny-random", "--n", "2", "--steps", "2", "--inner-steps", "1",
                            "--batch-size", "2", "--inversion", "direct", "--out", str(tmp_path), "--quiet"])
@@ -43,7 +57,7 @@ def test_benchmark_writes_its_files(tmp_path):
     report = json.loads((tmp_path / "quality.json").read_text())
     result = report["results"][0]
     assert report["scenes"] == 2 and result["scenes"] == 2
-    assert 0.0 <= result["edit_accuracy"] <= 1.0
+    assert_scores_read_from_the_written_edits(tmp_path, result)
     assert np.isfinite(result["edit_psnr_db"]) and np.isfinite(result["reconstruction_psnr_db"])
     assert "direct + P2P replace" in (tmp_path / "quality.md").read_text()
     assert (tmp_path / "examples.png").stat().st_size > 0
@@ -146,13 +160,15 @@ def test_default_model_reconstruction_and_every_method(tmp_path):
     assert set(recon) == {"vae round trip (ceiling)", "null-text", "negative-prompt", "direct", "ddim"}
     assert list(report["reconstruction"]["photos"]) == ["chelsea", "astronaut", "coffee", "rocket"]
     for r in recon.values():
-        assert np.isfinite(r["psnr_db"]) and -1 <= r["ssim"] <= 1 and len(r["per_photo"]) == 4
+        assert np.isfinite(r["psnr_db"]) and len(r["per_photo"]) == 4
     # DirectInversion pins the source branch to the inversion: it gives back the VAE round trip exactly
     assert recon["direct"]["psnr_db"] == pytest.approx(recon["vae round trip (ceiling)"]["psnr_db"], abs=0.05)
+    assert recon["direct"]["ssim"] == pytest.approx(recon["vae round trip (ceiling)"]["ssim"], abs=0.005)
     assert [r["spec"] for r in report["results"]] == ["p2p:negative-prompt", "null-finetune:null-text",
                                                       "learned-embedding:null-text", "imagic"]
     for r in report["results"]:
-        assert r["scenes"] == 2 and 0 <= r["edit_accuracy"] <= 1 and 0 <= r["layout_kept"] <= 1
+        assert r["scenes"] == 2
+        assert_scores_read_from_the_written_edits(tmp_path, r)
         assert np.isfinite(r["edit_psnr_db"]) and np.isfinite(r["unchanged_psnr_db"])
         assert (tmp_path / "edits" / r["spec"].replace(":", "-") / "001" / "edit.png").is_file()
     text = (tmp_path / "quality.md").read_text()
@@ -174,12 +190,22 @@ def test_bad_methods_exit_2_before_any_work(argv, message, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("argv, example", [([], "python -m benchmarks.quality --n 100"),
-                                           (["pie"], "python -m benchmarks.quality pie --data")])
-def test_help_has_a_worked_example(argv, example, capsys):
+@pytest.mark.parametrize("argv", [[], ["pie"]])
+def test_help_has_a_worked_example(argv, capsys):
+    from benchmarks import pie, quality
+
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--help"])
-    assert exit_.value.code == 0 and example in capsys.readouterr().out
+    assert exit_.value.code == 0
+    examples = help_examples(capsys.readouterr().out, "python -m benchmarks.quality" + (" pie" if argv else ""))
+    assert len([e for e in examples if e[:1] != ["pie"]]) >= 2
+    parser = (pie if argv else quality).build_parser()
+    for example_argv in examples:  # every worked example is a valid command line
+        if not argv and example_argv[:1] == ["pie"]:
+            continue  # the pointer to the PIE-Bench runner, checked by its own help
+        options = parser.parse_args(example_argv)
+        if not argv:
+            quality.check_args(options)
 
 
 def make_pie_sample(root, size=128):
@@ -264,8 +290,11 @@ def test_clip_and_dino_scores_from_local_folders(tmp_path):
     mask = np.zeros((64, 64), bool)
     mask[16:48, 16:48] = True
     row = score_entry(source, edit, mask, "a blue circle", clip, dino)
-    assert 0 <= row["clip_whole"] <= 100 and 0 <= row["clip_edited"] <= 100
-    assert -1 <= row["dino_similarity"] <= 1 and dino(source, source) == pytest.approx(1.0, abs=1e-5)
+    assert row["clip_whole"] == clip(edit, "a blue circle")
+    assert row["clip_edited"] == clip((edit * mask[..., None]).astype(np.uint8), "a blue circle")
+    assert row["clip_edited"] != row["clip_whole"]  # the edited-region score sees only the region
+    assert row["dino_similarity"] == pytest.approx(dino(source, edit)) == pytest.approx(dino(edit, source))
+    assert dino(source, source) == pytest.approx(1.0, abs=1e-5) and row["dino_similarity"] < 0.999
 
 
 def test_missing_clip_folder_is_a_usage_error(tmp_path):
