@@ -21,6 +21,11 @@ def place_of(name: str) -> str:
     raise ValueError(f"cannot tell the UNet place of attention layer {name!r}")
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The slices' results as one tensor along the (batch x heads) rows (no copy for a single slice)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class ControlledAttnProcessor:
     """Self- or cross-attention of one layer, with the probabilities handed to a controller when it wants them.
 
@@ -69,13 +74,13 @@ class ControlledAttnProcessor:
         if step is not None and self.controller.wants(self.is_cross, queries, step):
             # the controller edits the whole (B*heads, Q, K) at once (it mixes batch rows); slices bound the
             # temporaries of the scores and of the product
-            probs = torch.cat([attn.get_attention_scores(query[r], key[r], mask(r)) for r in rows])
+            probs = _joined([attn.get_attention_scores(query[r], key[r], mask(r)) for r in rows])
             probs = self.controller.edit(probs, is_cross=self.is_cross, place=self.place, step=step,
                                          heads=attn.heads)  # (B*heads, Q, K)
-            out = torch.cat([torch.bmm(probs[r].to(value.dtype), value[r]) for r in rows])
+            out = _joined([torch.bmm(probs[r].to(value.dtype), value[r]) for r in rows])
         else:
-            out = torch.cat([F.scaled_dot_product_attention(query[r], key[r], value[r], attn_mask=mask(r))
-                             for r in rows])
+            out = _joined([F.scaled_dot_product_attention(query[r], key[r], value[r], attn_mask=mask(r))
+                           for r in rows])
         out = attn.batch_to_head_dim(out.to(query.dtype))  # (B, HW, heads*d)
 
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout

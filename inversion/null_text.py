@@ -17,6 +17,7 @@ early keep their embedding, so the results are those of the plain path, which ru
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -45,9 +46,11 @@ class NullTextConfig:
                             f"least 1, got {self.inner_steps!r}")
         if not self.lr > 0:  # also refuses nan
             raise UserError(f"the null-text learning rate lr must be positive, got {self.lr!r}")
-        for name in ("lr_decay", "early_stop", "early_stop_growth"):
-            if not getattr(self, name) >= 0:
-                raise UserError(f"the null-text {name} must be 0 or more, got {getattr(self, name)!r}")
+        if not self.lr_decay >= 0:
+            raise UserError(f"the null-text lr_decay must be 0 or more, got {self.lr_decay!r}")
+        for name in ("early_stop", "early_stop_growth"):  # a negative threshold is one never reached: allowed
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"the null-text {name} must be a finite number, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

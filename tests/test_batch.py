@@ -94,6 +94,7 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_folder_edits_the_good_photos_reports_the_bad_and_reuses_inversions(tmp_path):
     photos, out = make_photos(tmp_path / "photos"), tmp_path / "out"
     assert batch(folder_argv(photos, out)) == 1
@@ -143,6 +144,7 @@ def test_folder_edits_the_good_photos_reports_the_bad_and_reuses_inversions(tmp_
         assert json.loads((out / "a-circle" / "summary.json").read_text())["target_prompts"] == [TARGET]
 
 
+@pytest.mark.slow
 def test_a_killed_run_restarts_and_finishes_without_inverting_again(tmp_path):
     photos, out = make_photos(tmp_path / "photos", bad=False), tmp_path / "out"
     argv = [sys.executable, "-m", "editing.batch", *map(str, folder_argv(photos, out, "--steps", "4"))]
@@ -288,6 +290,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_edit_every_image_exactly_once(tmp_path):
     photos, out = make_photos(tmp_path / "photos", bad=False), tmp_path / "out"
     (photos / "d-corrupt.png").write_bytes((photos / "a-circle.png").read_bytes()[:300])

@@ -346,6 +346,7 @@ def test_help_has_a_worked_example(capsys):
 # ---------------------------------------------------------------- the real entry point
 
 
+@pytest.mark.slow
 def test_module_entry_point_exit_codes(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -51,6 +51,7 @@ def fixed_loss(model, latents, emb, samples=64):
         return torch.nn.functional.mse_loss(model.unet_output(x_t, t, emb.expand(samples, -1, -1)), target).item()
 
 
+@pytest.mark.slow
 def test_embedding_optimisation_lowers_the_loss(default_model):
     """On the trained default model, a wrong caption's embedding learns to denoise the photo better."""
     from editing.core.image_io import load_image

@@ -76,6 +76,7 @@ def test_tiny_model_is_deterministic_and_seeds_differ(tiny_model):
     assert other.fingerprint != tiny_model.fingerprint
 
 
+@pytest.mark.slow
 def test_fingerprint_is_the_same_in_another_process(tiny_model):
     """Regression: the configs' _use_default_values list is built from a set, so its order follows the hash
     seed; hashing it made every process see a different fingerprint (and refuse every saved record)."""

@@ -149,6 +149,7 @@ def test_region_metrics_are_pie_bench_s_masked_products():
     assert region_metrics(source, edit, np.zeros((32, 32), bool))["psnr_db"] is None
 
 
+@pytest.mark.slow
 def test_default_model_reconstruction_and_every_method(tmp_path):
     methods = ["p2p:negative-prompt", "null-finetune", "learned-embedding", "imagic"]
     code = run_main(main, [*TINY, "--n", "2", "--batch-size", "2", "--methods", *methods,
@@ -227,6 +228,7 @@ def make_pie_sample(root, size=128):
     return mapping
 
 
+@pytest.mark.slow
 def test_pie_runner_on_a_two_entry_sample(tmp_path):
     from benchmarks.pie import mask_at
 

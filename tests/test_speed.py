@@ -35,6 +35,7 @@ def plain(tiny_model, session_photos, photo_prompts):
     return record, reconstruct(tiny_model, [record], disable=True)
 
 
+@pytest.mark.slow
 def test_compiled_unet_gives_the_plain_results(tiny_model, session_photos, photo_prompts, plain):
     model = copy_of(tiny_model)
     apply_speed(model, SpeedOptions(compile="default", backend="aot_eager"))
@@ -102,6 +103,7 @@ def test_cli_flags_and_summary(tiny_model):
         SpeedOptions(compile="fast")
 
 
+@pytest.mark.slow
 def test_compiled_null_text_keeps_per_row_early_stop(tiny_model, session_photos, photo_prompts):
     """With a compiled UNet the inner loop runs every row (one shape); rows that stopped must still keep their
     embedding, so the batch gives what the plain path (active rows only) gives, up to the float noise of a

@@ -36,6 +36,7 @@ def suite(tmp_path_factory):
     return code, out
 
 
+@pytest.mark.slow
 def test_writes_every_method_with_three_stages_and_memory(suite, tiny_model):
     tiny = tiny_model  # the suite's --model tiny-random: its weights are a floor of every run's peak memory
     code, out = suite
@@ -58,6 +59,7 @@ def test_writes_every_method_with_three_stages_and_memory(suite, tiny_model):
     assert report["model"]["random_weights"] and "meaningless" in report["quality_note"]
 
 
+@pytest.mark.slow
 def test_markdown_table_and_reference_ratio_line(suite):
     _, out = suite
     text = (out / "timing.md").read_text()
@@ -74,6 +76,7 @@ def test_markdown_table_and_reference_ratio_line(suite):
     assert "random weights" in text and "meaningless" in text
 
 
+@pytest.mark.slow
 def test_chart_is_an_image_with_a_bar_per_method(suite):
     _, out = suite
     image = cv2.imread(str(out / "timing.png"))
