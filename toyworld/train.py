@@ -328,11 +328,6 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR (dB) of two uint8 batches (N, H, W, 3)."""
-    return np.array([psnr(x, y) for x, y in zip(a, b)])
-
-
 @torch.no_grad()
 def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: list, disable: bool) -> dict:
     """Score the saved folder as users load it: VAE round trip through editing.core.model.load_model, and
@@ -346,7 +341,7 @@ def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: lis
               (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder))}
     recs = np.concatenate([model.decode_latents(model.encode_images(vae_images[i:i + 50]))
                            for i in range(0, len(vae_images), 50)])
-    psnrs = psnr_db(vae_images, recs)
+    psnrs = np.array([psnr(x, y) for x, y in zip(vae_images, recs)])  # per held-out render
 
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -521,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         held = to_tensor(held_vae.images)
         rec = vae.decode(vae.encode(held).latent_dist.mean).sample
         rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    vae_psnr_fp32 = float(psnr_db(held_vae.images, rec).mean())
+    vae_psnr_fp32 = float(np.mean([psnr(x, y) for x, y in zip(held_vae.images, rec)]))
     std, mean = float(latents.std()), float(latents.mean())
     scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)  # a continuation keeps it
     vae.register_to_config(scaling_factor=scaling)
