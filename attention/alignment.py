@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from editing.core.errors import UserError
+from editing.core.prompts import check_prompt_length
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -55,21 +56,6 @@ def encode_tokens(prompt: str, tokenizer) -> list[int]:
     """The prompt's token ids without the start and end tokens (and without truncation or padding)."""
     # verbose=False: an over-long prompt is reported by check_prompt_length, not by a tokenizer log warning.
     return list(tokenizer.encode(prompt, add_special_tokens=False, verbose=False))
-
-
-def check_prompt_length(prompt: str, tokenizer, max_len: int | None = None) -> int:
-    """Raise UserError if the prompt does not fit the text encoder; return its token count with start/end tokens.
-
-    ``max_len`` defaults to ``tokenizer.model_max_length`` (77 for CLIP), which includes the start and end tokens.
-    """
-    limit = _sequence_length(tokenizer, max_len)
-    count = len(encode_tokens(prompt, tokenizer)) + 2  # + start and end tokens
-    if count > limit:
-        raise UserError(
-            f"the prompt {prompt!r} is {count} tokens long (counting the start and end tokens) but the text "
-            f"encoder takes at most {limit}; shorten the prompt by at least {count - limit} token(s)"
-        )
-    return count
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ source prompt, rows 1.. the targets. Controllers edit the cond rows only, as the
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class AttentionStore:
         self.max_tokens = max_tokens
         self.step_maps: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)  # this step's maps
         self.totals: dict[tuple[str, str], list[torch.Tensor]] = {}  # summed over finished steps
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)  # the steps that recorded each key
         self.steps_done = 0
 
     def installed(self, unet):
@@ -70,16 +72,15 @@ class AttentionStore:
             else:
                 for total, m in zip(self.totals[key], maps):
                     total += m
+            self.counts[key] += 1
         self.step_maps = defaultdict(list)
         self.steps_done += 1
         return x
 
     def average(self, kind: str = "cross") -> list[torch.Tensor]:
-        """The step-averaged maps of every stored layer of that kind, each (n_prompts, Q, K)."""
-        if self.steps_done == 0:
-            return []
-        return [t / self.steps_done for (place, k), maps in sorted(self.totals.items()) if k == kind
-                for t in maps]
+        """The step-averaged maps of every stored layer of that kind, each (n_prompts, Q, K): each key's sums
+        divided by the steps that recorded it (P2P records self-attention only inside its self-replace window)."""
+        return [t / self.counts[key] for key, maps in sorted(self.totals.items()) if key[1] == kind for t in maps]
 
 
 def step_window(value, steps: int) -> tuple[int, int]:
@@ -123,6 +124,15 @@ class BlendConfig:
     mask: torch.Tensor | None = None  # (h, w) in [0, 1] at latent size: a user mask instead of the words
     pool: int = 1  # max-pool radius that grows the mask a little (the reference's k = 1)
 
+    def __post_init__(self):
+        if not self.words and self.mask is None:
+            raise UserError("local blend needs blend words (--blend-words) or a mask (--mask)")
+        for name in ("threshold", "start"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses nan
+                raise UserError(f"--blend-{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if self.pool < 0:
+            raise UserError(f"the local blend's pool radius must be 0 or more, got {self.pool!r}")
+
 
 @dataclass
 class P2PConfig:
@@ -132,6 +142,29 @@ class P2PConfig:
     reweight: dict[str, float] = field(default_factory=dict)  # target word -> attention scale
     blend: BlendConfig | None = None
     self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS
+
+    def __post_init__(self):
+        if self.edit not in EDIT_MODES:
+            raise UserError(f"unknown edit {self.edit!r}: choose replace, refine or auto (reweight is --reweight)")
+        windows = self.cross_replace if isinstance(self.cross_replace, dict) else {"default_": self.cross_replace}
+        for word, window in windows.items():
+            where = "--cross-replace" if word == "default_" else f"--cross-replace-word {word}="
+            try:
+                step_window(window, 1)
+            except (TypeError, ValueError):
+                raise UserError(f"{where} must be a fraction or (start, end) fractions, got {window!r}") from None
+            except UserError as exc:
+                raise UserError(f"{where}: {exc}") from None
+        try:
+            step_window(self.self_replace, 1)
+        except (TypeError, ValueError):
+            raise UserError(f"--self-replace must be a fraction or (start, end) fractions, "
+                            f"got {self.self_replace!r}") from None
+        except UserError as exc:
+            raise UserError(f"--self-replace: {exc}") from None
+        for word, value in self.reweight.items():
+            if not math.isfinite(float(value)):
+                raise UserError(f"--reweight {word}= must be a finite number, got {value!r}")
 
 
 def word_marks(prompts: list[str], words: list[str], tokenizer) -> torch.Tensor:

@@ -21,14 +21,28 @@ def place_of(name: str) -> str:
     raise ValueError(f"cannot tell the UNet place of attention layer {name!r}")
 
 
-class ControlledAttnProcessor:
-    """Self- or cross-attention of one layer, with the probabilities handed to a controller when it wants them."""
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The slices' results as one tensor along the (batch x heads) rows (no copy for a single slice)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def __init__(self, name: str, controller):
+
+class ControlledAttnProcessor:
+    """Self- or cross-attention of one layer, with the probabilities handed to a controller when it wants them.
+
+    slice_size: compute attention `slice_size` rows of (batch x heads) at a time, as diffusers'
+    SlicedAttnProcessor does (what `--attention-slicing` installed on the layer before); None: all at once.
+    """
+
+    def __init__(self, name: str, controller, slice_size: int | None = None):
         self.name = name
         self.place = place_of(name)
         self.is_cross = name.endswith("attn2.processor")
         self.controller = controller
+        self.slice_size = slice_size
+
+    def _slices(self, rows: int) -> list[slice]:
+        size = self.slice_size or rows
+        return [slice(start, start + size) for start in range(0, rows, size)]
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -47,23 +61,27 @@ class ControlledAttnProcessor:
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)  # (B*heads, 1|Q, K)
 
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))  # (B*heads, N, d)
+        if attn.norm_q is not None:  # per-head normalisation of queries and keys, as AttnProcessor2_0 applies it
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        rows = self._slices(query.shape[0])
+        mask = (lambda part: None) if attention_mask is None else (lambda part: attention_mask[part])  # noqa: E731
         if step is not None and self.controller.wants(self.is_cross, queries, step):
-            query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))  # (B*heads, N, d)
-            probs = attn.get_attention_scores(query, key, attention_mask)  # (B*heads, HW, tokens)
+            # the controller edits the whole (B*heads, Q, K) at once (it mixes batch rows); slices bound the
+            # temporaries of the scores and of the product
+            probs = _joined([attn.get_attention_scores(query[r], key[r], mask(r)) for r in rows])
             probs = self.controller.edit(probs, is_cross=self.is_cross, place=self.place, step=step,
-                                         heads=attn.heads)
-            out = attn.batch_to_head_dim(torch.bmm(probs.to(value.dtype), value))  # (B, HW, heads*d)
+                                         heads=attn.heads)  # (B*heads, Q, K)
+            out = _joined([torch.bmm(probs[r].to(value.dtype), value[r]) for r in rows])
         else:
-            head_dim = key.shape[-1] // attn.heads
-            query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-                                 for x in (query, key, value))  # (B, heads, N, d)
-            if attention_mask is not None:
-                attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-            out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+            out = _joined([F.scaled_dot_product_attention(query[r], key[r], value[r], attn_mask=mask(r))
+                           for r in rows])
+        out = attn.batch_to_head_dim(out.to(query.dtype))  # (B, HW, heads*d)
 
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         if spatial:
@@ -75,12 +93,14 @@ class ControlledAttnProcessor:
 
 @contextmanager
 def attention_control(unet, controller):
-    """Install a ControlledAttnProcessor on every attention layer of `unet`; restore the originals on exit,
-    also when the block raises."""
+    """Install a ControlledAttnProcessor on every attention layer of `unet` (sliced where the layer's own
+    processor slices); restore the originals on exit, also when the block raises."""
     original = unet.attn_processors  # {name: processor}
     if not original:
         raise ValueError("this UNet has no attention layers to control")
-    unet.set_attn_processor({name: ControlledAttnProcessor(name, controller) for name in original})
+    # a layer that --attention-slicing sliced (diffusers' SlicedAttnProcessor) stays sliced under control
+    unet.set_attn_processor({name: ControlledAttnProcessor(name, controller, getattr(processor, "slice_size", None))
+                             for name, processor in original.items()})
     try:
         yield controller
     finally:

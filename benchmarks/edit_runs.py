@@ -1,5 +1,5 @@
-"""Running editing.run's methods over many photos for the quality benchmarks: method specs, the
-per-edit request, and batched inversions shared by the edits of a run.
+"""Running editing.run's methods over many photos for the quality benchmarks: method specs and the per-edit
+request (the batched inversions are editing.inversion_cache's).
 
 A method spec is METHOD[:INVERSION]: METHOD one of editing.run's p2p, null-finetune, learned-embedding,
 imagic; INVERSION one of null-text, negative-prompt, direct, ddim (default null-text, editing.run's
@@ -8,16 +8,14 @@ default). Imagic samples from fresh noise and takes no inversion.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 
-import numpy as np
 
 from editing.core.errors import UserError
 from editing.request import EDIT_METHODS, EditRequest
-from editing.run import build_parser, request_from_args
+from editing.run import options_to_args, request_from_args
 from editing.core.speed import add_speed_options
-from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, invert
+from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
@@ -86,46 +84,10 @@ def edit_args(method: str, inversion: str | None, image: str, source: str, targe
               options: list[str]) -> EditRequest:
     """The EditRequest of one edit: the method spec, the prompts, and editing.run flags (--steps, --run-args ...)
     read by editing.run's own parser. image only names the photo in summary.json."""
-    argv = ["--image", image, "--source-prompt", source, "--target-prompt", target, "--method", method,
-            "--quiet", *options]
-    if inversion is not None:
-        argv += ["--inversion", inversion]
+    edit = {"image": image, "source_prompt": source, "target_prompt": [target], "method": method,
+            "inversion": inversion, "quiet": True}
     try:
-        return request_from_args(build_parser().parse_args(argv))
+        return request_from_args(options_to_args(edit, flags=options))
     except UserError as exc:
         raise UserError(f"method {method_name(method, inversion)}: {exc} (options passed to editing.run: "
                         f"{shlex.join(options)})") from None
-
-
-def image_key(image: np.ndarray, prompt: str) -> tuple[str, str]:
-    return prompt, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-class BatchedInversions:
-    """An invert_source for editing.methods.run_edit that inverts photos batch_size at a time.
-
-    The first request for one of the photos inverts its whole batch with that request's settings; the
-    other photos of the batch are then served from the cache (each record handed out once). A photo
-    that is not in the list is inverted alone.
-    """
-
-    def __init__(self, images: list[np.ndarray], prompts: list[str], batch_size: int):
-        if batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-        self.images, self.prompts, self.batch_size = images, prompts, batch_size
-        self.keys = [image_key(i, p) for i, p in zip(images, prompts)]
-        self.cache = {}
-
-    def __call__(self, model, image: np.ndarray, prompt: str, config, disable: bool):
-        key = (image_key(image, prompt), repr(config))
-        if key not in self.cache:
-            if key[0] not in self.keys:
-                return invert(model, image[None], [prompt], config, disable=disable)[0]
-            index = self.keys.index(key[0])
-            first = index - index % self.batch_size
-            batch = range(first, min(first + self.batch_size, len(self.images)))
-            records = invert(model, np.stack([self.images[i] for i in batch]), [self.prompts[i] for i in batch],
-                             config, disable=disable)
-            for i, record in zip(batch, records):
-                self.cache[(self.keys[i], repr(config))] = record
-        return self.cache.pop(key)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import sys
 import time
 
@@ -27,7 +26,7 @@ import torch
 from editing.core.errors import UserError
 from editing.core.image_io import prepare_image
 from editing.core.loading import load_model
-from editing.core.metrics import psnr
+from editing.core.metrics import peak_memory_mb, psnr, reset_peak_memory
 from editing.core.model import Model
 from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
@@ -97,10 +96,8 @@ def synchronise(device: torch.device) -> None:
 
 def peak_memory(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f} MiB CUDA (max_memory_allocated, timed run)"
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    rss = rss_kib / 2 ** 20 if sys.platform == "darwin" else rss_kib / 2 ** 10  # macOS reports bytes
-    return f"{rss:.0f} MiB RSS (whole process, model loading included)"
+        return f"{peak_memory_mb(device):.0f} MiB CUDA (max_memory_allocated, timed run)"
+    return f"{peak_memory_mb(device):.0f} MiB RSS (whole process, model loading included)"
 
 
 def run(args) -> int:
@@ -122,8 +119,8 @@ def run(args) -> int:
         config, steps=min(WARMUP_STEPS, args.steps), null_text=NullTextConfig(inner_steps=1)), disable=True)
     synchronise(device)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":  # the CPU figure stays the whole process' (its model loading included)
+        reset_peak_memory(device)
     model.unet_calls = 0
     start = time.perf_counter()
     records = invert(model, images, prompts, config, disable=True)

@@ -42,21 +42,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.edit_runs import BatchedInversions, add_run_options, edit_args, method_label, method_name, parse_method, \
+from benchmarks.edit_runs import add_run_options, edit_args, method_label, method_name, parse_method, \
     split_run_args
 from benchmarks.metrics import decode_pie_mask, region_metrics
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.files import atomic_write, write_json
-from editing.core.outputs import OutputFolder, safe_name
 from editing.core.errors import UserError
 from editing.core.image_io import prepare_image, read_image
 from editing.core.loading import _quiet_loading, load_model  # its loaders keep stderr for one-line errors
+from editing.core.outputs import OutputFolder, safe_name
+from editing.inversion_cache import InversionCache
 from editing.methods import run_edit
+from editing.pie_bench import IMAGE_FOLDER, MAPPING_FILE, read_entry
 from editing.core.speed import apply_speed, speed_options, speed_summary
 
-MAPPING_FILE = "mapping_file.json"
-IMAGE_FOLDER = "annotation_images"
-REQUIRED_KEYS = ("image_path", "original_prompt", "editing_prompt", "mask")
 MASK_COVERAGE = 0.5  # a resized mask pixel counts as edited when at least half of it was
 METRICS = ("psnr_db", "mse", "ssim")
 
@@ -79,10 +78,6 @@ def build_parser() -> Parser:
     return p
 
 
-def strip_brackets(prompt: str) -> str:
-    return prompt.replace("[", "").replace("]", "")
-
-
 def load_entries(data: str, types: list[str] | None, limit: int | None) -> list[dict]:
     """The mapping file's entries, checked: each with its id, its photo's path and its decoded mask."""
     root = Path(data)
@@ -101,23 +96,20 @@ def load_entries(data: str, types: list[str] | None, limit: int | None) -> list[
         if safe_name(key) != str(key):  # it names the entry's output folder: no '..', separators or hidden names
             raise UserError(f"{mapping}: entry id {key!r} is not a plain name (letters, digits, '_', '.', '-'; "
                             "not starting with '.'): it names the entry's output folder")
-        missing = [k for k in REQUIRED_KEYS if not isinstance(item, dict) or k not in item]
-        if missing:
-            raise UserError(f"{mapping}: entry {key!r} lacks {', '.join(missing)}")
-        kind = str(item.get("editing_type_id", ""))
-        if types is not None and kind not in types:
+        pie = read_entry(key, item, f"{mapping}: entry {key!r}")
+        if pie.mask is None:
+            raise UserError(f"{mapping}: entry {key!r} lacks mask (this benchmark scores the region it marks)")
+        if types is not None and pie.editing_type not in types:
             continue
-        image = root / IMAGE_FOLDER / item["image_path"]
+        image = root / IMAGE_FOLDER / pie.image_path
         if not image.is_file():
             raise UserError(f"{mapping}: entry {key!r}: image {image} not found")
         try:
-            mask = decode_pie_mask(item["mask"])
+            mask = decode_pie_mask(pie.mask)
         except (ValueError, TypeError) as exc:
             raise UserError(f"{mapping}: entry {key!r}: bad mask: {exc}") from None
-        entries.append({"id": str(key), "type": kind, "image": image, "mask": mask,
-                        "source": strip_brackets(item["original_prompt"]),
-                        "target": strip_brackets(item["editing_prompt"]),
-                        "blend": str(item.get("blended_word") or "").split()})
+        entries.append({"id": pie.id, "type": pie.editing_type, "image": image, "mask": mask, "source": pie.source,
+                        "target": pie.target, "blend": list(pie.blend_words)})
     if limit is not None:
         entries = entries[:limit]
     if not entries:
@@ -218,18 +210,29 @@ def run_method(model, entries: list[dict], photos: list[np.ndarray], masks: list
     """Edit and score every entry with one method; one row per entry (an error row if the edit is refused)."""
     from tqdm.auto import tqdm
 
-    inverter = BatchedInversions(photos, [e["source"] for e in entries], batch_size)
+    inverter = InversionCache()  # in memory: batch_size photos inverted together, each record used once
     folder = out.child("edits", method_name(method, inversion).replace(":", "-"))
-    rows = []
-    for entry, photo, mask in tqdm(list(zip(entries, photos, masks)), desc=method_name(method, inversion),
-                                   disable=quiet):
+    requests = []  # an EditRequest, or the UserError that refused the entry's edit
+    for entry in entries:
         blend = ["--blend-words", *entry["blend"]] if method == "p2p" and entry["blend"] else []
+        try:
+            requests.append(edit_args(method, inversion, str(entry["image"]), entry["source"], entry["target"],
+                                      options + blend))
+        except UserError as exc:
+            requests.append(exc)
+    rows = []
+    for k, (entry, photo, mask) in enumerate(tqdm(list(zip(entries, photos, masks)),
+                                                  desc=method_name(method, inversion), disable=quiet)):
+        if k % batch_size == 0:
+            ahead = range(k, min(k + batch_size, len(entries)))
+            inverter.prefetch(model, [(photos[j], requests[j]) for j in ahead
+                                      if not isinstance(requests[j], UserError)], disable=True)
         row = {"id": entry["id"], "editing_type_id": entry["type"]}
         start = time.perf_counter()
         try:
-            args = edit_args(method, inversion, str(entry["image"]), entry["source"], entry["target"],
-                             options + blend)
-            summary = run_edit(model, photo, args, folder.child(entry["id"]), invert_source=inverter)
+            if isinstance(requests[k], UserError):
+                raise requests[k]
+            summary = run_edit(model, photo, requests[k], folder.child(entry["id"]), invert_source=inverter)
         except UserError as exc:
             rows.append({**row, "error": str(exc)})
             continue

@@ -45,7 +45,6 @@ import datetime
 import os
 import platform
 import re
-import resource
 import statistics
 import sys
 import time
@@ -67,6 +66,7 @@ from editing.core.files import atomic_write, write_json
 from editing.core.outputs import OutputFolder, unique_names
 from editing.core.image_io import load_image, save_image
 from editing.core.loading import load_model
+from editing.core.metrics import peak_memory_mb, reset_peak_memory
 from editing.core.model import TINY_RANDOM_NAME
 from editing.core.sd_random import ARCHITECTURES
 from editing.core.speed import add_speed_options, apply_speed, speed_options, speed_summary
@@ -179,43 +179,14 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-CLEAR_REFS, STATUS = Path("/proc/self/clear_refs"), Path("/proc/self/status")
-
-
 def memory_kind(device: torch.device) -> str:
     """What 'peak memory' means on this machine (recorded in timing.json and timing.md)."""
     if device.type == "cuda":
         return "CUDA max_memory_allocated during the run (torch's tensors, model weights included)"
-    try:
-        CLEAR_REFS.write_text("5")  # Linux: resets the peak resident set size (VmHWM) to the current one
+    if reset_peak_memory(device):
         return "peak resident set size of the process during the run (VmHWM, reset per run), model included"
-    except OSError:
-        return ("peak resident set size of the process so far (ru_maxrss: it cannot be reset here, so a row "
-                "shows the largest of itself and every run before it), model included")
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        CLEAR_REFS.write_text("5")
-    except OSError:
-        pass  # memory_kind has said so
-
-
-def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    try:
-        found = re.search(r"VmHWM:\s+(\d+) kB", STATUS.read_text())
-        if found:
-            return int(found.group(1)) / 1024
-    except OSError:
-        pass
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # macOS reports bytes, Linux KiB
+    return ("peak resident set size of the process so far (ru_maxrss: it cannot be reset here, so a row "
+            "shows the largest of itself and every run before it), model included")
 
 
 @dataclass
@@ -236,7 +207,7 @@ Runner = Callable[[int, int], tuple[dict, dict]]
 
 def measure(runner: Runner, device: torch.device, image: int, repeat: int, image_name: str) -> Run:
     synchronise(device)
-    reset_peak(device)
+    reset_peak_memory(device)
     start = time.perf_counter()
     stages, extra = runner(image, repeat)
     synchronise(device)
@@ -244,7 +215,7 @@ def measure(runner: Runner, device: torch.device, image: int, repeat: int, image
     # a runner that does more than its row (the reference's paired project run) reports the row's own figures
     total = extra.pop("total_s", total)
     peak = extra.pop("peak_memory_mb", None)
-    return Run(image_name, repeat, stages, total, peak_mb(device) if peak is None else peak, extra)
+    return Run(image_name, repeat, stages, total, peak_memory_mb(device) if peak is None else peak, extra)
 
 
 # ---------------------------------------------------------------- the runners
@@ -343,11 +314,11 @@ def reference_runner(model, images, options, out: Path) -> Runner:
 
     def timed(fn, k) -> tuple[float, float]:
         synchronise(device)
-        reset_peak(device)
+        reset_peak_memory(device)
         start = time.perf_counter()
         fn(k)
         synchronise(device)
-        return time.perf_counter() - start, peak_mb(device)
+        return time.perf_counter() - start, peak_memory_mb(device)
 
     def run(k: int, repeat: int):
         # the project's run goes first on odd repeats, the reference's on even ones: order effects cancel

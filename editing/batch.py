@@ -51,7 +51,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from editing import run
+from editing.inversion_cache import InversionCache
 from editing.methods import check_for_model, finished_summary, inversion_config, run_edit, same_edit
+from editing.pie_bench import is_pie_entry, read_entry
 from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import atomic_write, write_json
@@ -60,8 +62,6 @@ from editing.core.image_io import load_image
 from editing.core.outputs import OutputFolder, unique_names
 from editing.core.loading import load_model
 from editing.core.speed import apply_speed, speed_options
-from inversion.invert import InversionConfig, invert
-from inversion.record import Inversion, combine, fingerprint_parts
 
 # On a GPU one inversion call for 4 photos keeps the UNet busy (one batched call per step); on a CPU a batch
 # gains nothing and only delays the first finished image.
@@ -77,7 +77,6 @@ SHARD_WAIT_TIMEOUT = timedelta(hours=48)
 # Options that hold for the whole batch: one model for all images, outputs and inversions named by the batch.
 BATCH_LEVEL = ("image", "out", "model", "device", "dtype", "save_inversion", "inversion_file", "config",
                "quiet", "debug")
-PIE_BENCH_KEYS = ("image_path", "original_prompt", "editing_prompt")
 
 
 def build_parser() -> Parser:
@@ -125,51 +124,6 @@ class Job:
     error: str | None = None
 
 
-@dataclass
-class InversionCache:
-    """Source inversions on disk, one safetensors file per fingerprint, so each photo is inverted once.
-
-    An instance is editing.run's invert_source. Records keep the DDIM trajectory, so one file serves p2p and
-    null-finetune alike; a damaged or foreign file is inverted again and replaced.
-    """
-
-    folder: OutputFolder
-    # fingerprint -> seconds spent inverting it in this run, until the first image edited with it claims it
-    computed: dict[str, float] = field(default_factory=dict)
-
-    def key(self, model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
-        return combine(fingerprint_parts(image, prompt, model.fingerprint, config.method, config.params()))
-
-    def path(self, key: str) -> Path:
-        return self.folder.path(f"{key}.safetensors")
-
-    def load(self, model, image, prompt: str, config: InversionConfig) -> Inversion | None:
-        key = self.key(model, image, prompt, config)
-        if not self.path(key).is_file():
-            return None
-        try:
-            record = Inversion.load(self.path(key))
-            record.verify(image, prompt, model.fingerprint)
-        except UserError:  # damaged or made for something else: invert again, replacing it
-            return None
-        return record if record.fingerprint == key and record.trajectory is not None else None
-
-    def fill(self, model, images: list[np.ndarray], prompts: list[str], config: InversionConfig,
-             disable: bool) -> None:
-        """Invert several photos in one call (one config for all, early stop per photo) and store them."""
-        records = invert(model, np.stack(images), prompts, replace(config, keep_trajectory=True), disable=disable)
-        for record in records:
-            record.save(self.path(record.fingerprint))
-            self.computed[record.fingerprint] = record.timings_s["inversion"]
-
-    def __call__(self, model, image, prompt: str, config: InversionConfig, disable: bool) -> Inversion:
-        record = self.load(model, image, prompt, config)
-        if record is None:
-            self.fill(model, [image], [prompt], config, disable)
-            record = self.load(model, image, prompt, config)
-        return record  # always the stored record, so a resumed batch edits exactly as an uninterrupted one
-
-
 def shared_options(rest: list[str], has_manifest: bool) -> argparse.Namespace:
     """The editing.run options given on the command line (or in its --config file), checked."""
     parser = run.build_parser()
@@ -191,51 +145,18 @@ def shared_options(rest: list[str], has_manifest: bool) -> argparse.Namespace:
 
 def entry_options(shared: argparse.Namespace, options: dict, where: str) -> argparse.Namespace:
     """The shared options with one manifest entry's options on top: the entry wins, and its lists replace."""
-    parser = run.build_parser()
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
-    defaults, argv = dict(vars(shared)), []
-    for key, value in options.items():
-        dest = str(key).replace("-", "_")
-        if dest in BATCH_LEVEL:
+    for key in options:
+        if str(key).replace("-", "_") in BATCH_LEVEL:
             raise UserError(f"{where}: {key!r} holds for the whole batch; give it on the command line")
-        if dest not in actions:
-            raise UserError(f"{where}: unknown option {key!r}; an entry takes image, name and the long names of "
-                            "python -m editing.run's options, e.g. source_prompt, target_prompt, method")
-        action, flag = actions[dest], max(actions[dest].option_strings, key=len)
-        if value is None or action.nargs == 0:  # null restores the method's default; a switch is true or false
-            if action.nargs == 0 and not isinstance(value, bool):
-                raise UserError(f"{where}: {key} is a switch: give true or false, got {value!r}")
-            defaults[dest] = value
-        elif isinstance(action, argparse._AppendAction):  # e.g. target_prompt: the entry's list replaces
-            defaults[dest] = None
-            argv += [f"{flag}={v}" for v in (value if isinstance(value, list) else [value])]
-        elif action.nargs in ("+", "*"):
-            argv += [flag, *map(str, value if isinstance(value, list) else str(value).split())]
-        else:
-            argv.append(f"{flag}={value}")
-    for action in parser._actions:
-        action.required = False
-    parser.set_defaults(**defaults)
-    try:
-        return parser.parse_args(argv)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
+    return run.options_to_args(options, base=shared, where=where)
 
 
-def strip_marks(prompt: str) -> str:
-    """PIE-Bench's 'a [cat] sitting' -> 'a cat sitting'."""
-    return " ".join(re.sub(r"[\[\]]", " ", str(prompt)).split())
-
-
-def pie_bench_options(entry: dict, where: str) -> dict:
-    missing = [k for k in PIE_BENCH_KEYS if k not in entry]
-    if missing:
-        raise UserError(f"{where}: a PIE-Bench entry needs {', '.join(PIE_BENCH_KEYS)}; {', '.join(missing)} missing")
-    options = {"image": entry["image_path"], "source_prompt": strip_marks(entry["original_prompt"]),
-               "target_prompt": [strip_marks(entry["editing_prompt"])]}
-    words = str(entry.get("blended_word") or "").split()
-    if words:
-        options["blend_words"] = words
+def pie_bench_options(key, entry: dict, where: str) -> dict:
+    """A PIE-Bench mapping entry as editing.run options (its mask and editing type are for evaluation)."""
+    pie = read_entry(key, entry, where)
+    options = {"image": pie.image_path, "source_prompt": pie.source, "target_prompt": [pie.target]}
+    if pie.blend_words:
+        options["blend_words"] = list(pie.blend_words)
     return options
 
 
@@ -261,7 +182,7 @@ def read_manifest(path: Path, base: Path | None) -> list[Spec]:
         where = f"{path} entry {name or number}"
         if not isinstance(entry, dict):
             raise UserError(f"{where} must be a mapping with at least `image` and prompts")
-        options = pie_bench_options(entry, where) if "image_path" in entry else dict(entry)
+        options = pie_bench_options(name or number, entry, where) if is_pie_entry(entry) else dict(entry)
         image = options.pop("image", None)
         if not image:
             raise UserError(f"{where} has no `image` (the photo's path)")
@@ -340,23 +261,6 @@ def describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
 
 
-def invert_ahead(cache: InversionCache, model, loaded: list[tuple[Job, np.ndarray]], disable: bool) -> None:
-    """Batched inversion of the loaded photos whose source inversion is not cached yet, one call per config."""
-    groups: dict[InversionConfig, dict[str, tuple[np.ndarray, str]]] = {}
-    for job, image in loaded:
-        if job.request.uses_source:
-            config = inversion_config(job.request)
-            key = cache.key(model, image, job.request.source_prompt, config)
-            if not cache.path(key).is_file():
-                groups.setdefault(config, {})[key] = (image, job.request.source_prompt)
-    for config, todo in groups.items():
-        images, prompts = zip(*todo.values())
-        try:
-            cache.fill(model, list(images), list(prompts), config, disable)
-        except Exception:  # each photo is inverted again on its own when edited, so only the culprit fails
-            continue
-
-
 def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: InversionCache, out: OutputFolder,
              debug: bool) -> dict:
     folder = out.child(job.name)
@@ -402,7 +306,7 @@ def run_shard(jobs: list[Job], model, cache: InversionCache, out: OutputFolder, 
                 except Exception as exc:
                     entries[job.index] = entry(job, "failed", describe(exc))
                     bar.update()
-            invert_ahead(cache, model, [(job, image) for job, image, _ in loaded], disable=not batch.verbose)
+            cache.prefetch(model, [(image, job.request) for job, image, _ in loaded], disable=not batch.verbose)
             for job, image, load_s in loaded:
                 entries[job.index] = edit_job(job, image, load_s, model, cache, out, batch.debug)
                 bar.update()

@@ -13,6 +13,7 @@ implementation (diffusers' community Imagic pipeline): embedding lr 1e-3 for 500
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,10 @@ class ImagicConfig:
     unet: EmbeddingConfig = field(default_factory=lambda: DEFAULT_UNET)  # steps, lr of the fine-tuning
     eta: float = DEFAULT_ETA
     gradient_checkpointing: bool = False  # trade UNet recomputation for activation memory in stage B
+
+    def __post_init__(self):
+        if not math.isfinite(self.eta):
+            raise UserError(f"imagic eta (--eta) must be a finite number, got {self.eta!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ Only the target prompt is needed. A sweep renders an eta x N grid in one samplin
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +37,13 @@ class LearnedEmbeddingConfig:
     embedding: EmbeddingConfig = field(default_factory=lambda: DEFAULT_EMBEDDING)
     eta: float = DEFAULT_ETA  # weight of e_tgt in e_new
     interp_steps: int = DEFAULT_INTERP_STEPS  # N: the last N denoising steps use e_new
+
+    def __post_init__(self):
+        if not math.isfinite(self.eta):
+            raise UserError(f"learned-embedding eta (--eta) must be a finite number, got {self.eta!r}")
+        if isinstance(self.interp_steps, bool) or not isinstance(self.interp_steps, int) or self.interp_steps < 0:
+            raise UserError(f"learned-embedding interp_steps N (--interp-steps) must be a whole number of 0 or "
+                            f"more, got {self.interp_steps!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

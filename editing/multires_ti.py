@@ -41,6 +41,7 @@ from editing.core.ddim import DDIMSchedule
 from editing.core.errors import UserError
 from editing.core.files import atomic_path
 from editing.core.image_io import Crop, prepare_image, read_image
+from editing.core.prompts import check_prompt_length
 from editing.core.sampling import Conditioning, sample
 from editing.embedding import EmbeddingConfig, optimise_embedding
 from editing.multires_prompt import NAME, Piece, PseudoWord, words
@@ -135,10 +136,8 @@ def layout(model, pieces: Sequence[str | None]) -> tuple[torch.Tensor, list[int]
         else:
             ids += tokenizer(piece, add_special_tokens=False).input_ids
     ids.append(tokenizer.eos_token_id)
-    if len(ids) > model.max_tokens:
-        text = "".join(PLACEHOLDER if p is None else p for p in pieces)
-        raise UserError(f"prompt has {len(ids)} tokens, the text encoder takes at most {model.max_tokens} "
-                        f"(start and end tokens included); shorten it: {text[:60]!r}...")
+    text = "".join(PLACEHOLDER if p is None else p for p in pieces)
+    check_prompt_length(text, tokenizer, model.max_tokens, count=len(ids))
     ids += [tokenizer.pad_token_id] * (model.max_tokens - len(ids))
     return torch.tensor(ids, device=model.device), slots
 

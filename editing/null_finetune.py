@@ -35,6 +35,11 @@ class NullFinetuneConfig:
     steps: int = DEFAULT_K  # K: fine-tune (and use) the nulls of the first K sampling steps
     null_text: NullTextConfig = NullTextConfig(inner_steps=DEFAULT_INNER_STEPS)
 
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise UserError(f"null-finetune steps K (--finetune-steps) must be a whole number of 0 or more, "
+                            f"got {self.steps!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from editing.cli import EXIT_OK, Parser, apply_config_file, run_main
+from editing.core.errors import UserError
 from editing.core.loading import load_model
 from editing.core.image_io import MAX_IMAGE_PIXELS, load_image
 from editing.core.model import DTYPES
@@ -128,6 +131,43 @@ def build_parser() -> Parser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_speed_options(p)
     return p
+
+
+def options_to_args(options: Mapping[str, Any], base: argparse.Namespace | None = None, flags: Sequence[str] = (),
+                    where: str = "") -> argparse.Namespace:
+    """editing.run's parsed options from options by long name (a manifest entry, a benchmark's edit) on top of
+    `base` (default: the parser's defaults), then command-line `flags`, all read by editing.run's own parser.
+
+    A list replaces a repeatable option's list (target_prompt), None restores the default, a switch takes true
+    or false. `where` prefixes the errors (e.g. the manifest entry)."""
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    defaults, argv = (dict(vars(base)) if base is not None else {}), []
+    prefix = f"{where}: " if where else ""
+    for key, value in options.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            raise UserError(f"{prefix}unknown option {key!r}; give python -m editing.run's options by their long "
+                            "names, e.g. source_prompt, target_prompt, method")
+        action, flag = actions[dest], max(actions[dest].option_strings, key=len)
+        if value is None or action.nargs == 0:  # null restores the method's default; a switch is true or false
+            if action.nargs == 0 and not isinstance(value, bool):
+                raise UserError(f"{prefix}{key} is a switch: give true or false, got {value!r}")
+            defaults[dest] = value
+        elif isinstance(action, argparse._AppendAction):  # e.g. target_prompt: the given list replaces
+            defaults[dest] = None
+            argv += [f"{flag}={v}" for v in (value if isinstance(value, (list, tuple)) else [value])]
+        elif action.nargs in ("+", "*"):
+            argv += [flag, *map(str, value if isinstance(value, (list, tuple)) else str(value).split())]
+        else:
+            argv.append(f"{flag}={value}")
+    for action in parser._actions:
+        action.required = False
+    parser.set_defaults(**defaults)
+    try:
+        return parser.parse_args([*argv, *flags])
+    except UserError as exc:
+        raise UserError(f"{prefix}{exc}") from None
 
 
 def request_from_args(args) -> EditRequest:

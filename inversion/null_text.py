@@ -17,6 +17,7 @@ early keep their embedding, so the results are those of the plain path, which ru
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from editing.core.progress import tqdm  # tqdm.auto.tqdm that a caller can follow (the web page)
 
-from editing.core.errors import NonFiniteError
+from editing.core.errors import NonFiniteError, UserError
 from editing.core.sampling import guided_output
 from editing.core.ddim import DDIMSchedule, sampling_step
 
@@ -38,6 +39,18 @@ class NullTextConfig:
     lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i): the reference's 1e-2 * (1 - i / 100)
     early_stop: float = 1e-5  # stop a timestep once the loss is below early_stop + i * early_stop_growth
     early_stop_growth: float = 2e-5
+
+    def __post_init__(self):
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 1:
+            raise UserError(f"null-text inner_steps (--inner-steps, --finetune-inner) must be a whole number of at "
+                            f"least 1, got {self.inner_steps!r}")
+        if not self.lr > 0:  # also refuses nan
+            raise UserError(f"the null-text learning rate lr must be positive, got {self.lr!r}")
+        if not self.lr_decay >= 0:
+            raise UserError(f"the null-text lr_decay must be 0 or more, got {self.lr_decay!r}")
+        for name in ("early_stop", "early_stop_growth"):  # a negative threshold is one never reached: allowed
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"the null-text {name} must be a finite number, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
+from editing.core.prompts import check_prompt_length
 from attention.alignment import (
     align_tokens,
-    check_prompt_length,
     encode_tokens,
     refinement_mapper,
     replacement_mapper,

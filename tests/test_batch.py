@@ -22,7 +22,7 @@ import pytest
 
 from editing import batch as batch_module, run
 from editing.methods import inversion_config
-from editing.batch import InversionCache
+from editing.inversion_cache import InversionCache
 from editing.cli import run_main
 from editing.core.image_io import load_image, read_image
 from editing.core.loading import load_model
@@ -94,6 +94,7 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_folder_edits_the_good_photos_reports_the_bad_and_reuses_inversions(tmp_path):
     photos, out = make_photos(tmp_path / "photos"), tmp_path / "out"
     assert batch(folder_argv(photos, out)) == 1
@@ -143,6 +144,7 @@ def test_folder_edits_the_good_photos_reports_the_bad_and_reuses_inversions(tmp_
         assert json.loads((out / "a-circle" / "summary.json").read_text())["target_prompts"] == [TARGET]
 
 
+@pytest.mark.slow
 def test_a_killed_run_restarts_and_finishes_without_inverting_again(tmp_path):
     photos, out = make_photos(tmp_path / "photos", bad=False), tmp_path / "out"
     argv = [sys.executable, "-m", "editing.batch", *map(str, folder_argv(photos, out, "--steps", "4"))]
@@ -288,6 +290,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_edit_every_image_exactly_once(tmp_path):
     photos, out = make_photos(tmp_path / "photos", bad=False), tmp_path / "out"
     (photos / "d-corrupt.png").write_bytes((photos / "a-circle.png").read_bytes()[:300])
@@ -311,3 +314,25 @@ def test_two_accelerate_processes_edit_every_image_exactly_once(tmp_path):
         assert by_name(report)[name]["status"] == "done"
         check_outputs(out / name)
     assert by_name(report)["d-corrupt"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("change, check", [
+    (["--inversion", "direct"], lambda summary: summary["inversion"] == "direct"),
+    (["--cross-replace", "0.3"], lambda summary: summary.get("request", {}).get("cross_replace") == 0.3),
+])
+def test_a_finished_edit_with_other_pixel_options_is_never_skipped(tmp_path, change, check):
+    """The bug: a re-run with --inversion direct (or another --cross-replace) into the same --out reported the
+    old null-text edits as skipped. Now such a folder is refused without --overwrite and edited with it."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy(REPO / "examples" / "toy-red-circle.png", photos / "a-circle.png")
+    assert batch(folder_argv(photos, out)) == 0
+    first = json.loads((out / "a-circle" / "summary.json").read_text())
+    assert not check(first)
+    assert batch(folder_argv(photos, out, *change)) == 1
+    entry = by_name(report_of(out))["a-circle"]
+    assert entry["status"] == "failed" and "other settings" in entry["error"]
+    assert json.loads((out / "a-circle" / "summary.json").read_text()) == first  # untouched
+    assert batch(folder_argv(photos, out, *change, "--overwrite")) == 0
+    assert by_name(report_of(out))["a-circle"]["status"] == "done"
+    assert check(check_outputs(out / "a-circle"))

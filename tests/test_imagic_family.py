@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from attention.controllers import BlendConfig, P2PConfig
 from editing.embedding import EmbeddingConfig, noised, optimise_embedding
 from editing.core.errors import UserError
 from editing.imagic import ImagicConfig, finetuned_unet
@@ -16,6 +18,7 @@ from editing.core.sampling import Conditioning, sample
 from editing.core.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert, reconstruct
 from inversion.null_text import NullTextConfig
+from helpers import assert_peak_memory_is_plausible
 
 TOY = "examples/toy-red-circle.png"
 STEPS = 6  # DDIM steps: enough for a trajectory with early and late steps, fast on the tiny model
@@ -48,6 +51,7 @@ def fixed_loss(model, latents, emb, samples=64):
         return torch.nn.functional.mse_loss(model.unet_output(x_t, t, emb.expand(samples, -1, -1)), target).item()
 
 
+@pytest.mark.slow
 def test_embedding_optimisation_lowers_the_loss(default_model):
     """On the trained default model, a wrong caption's embedding learns to denoise the photo better."""
     from editing.core.image_io import load_image
@@ -228,7 +232,7 @@ SOURCE, TARGET = "a red circle on a gray background", "a blue circle on a gray b
                            "--sweep-interp", "0,4"]),
     ("imagic", ["--embed-steps", "3", "--unet-steps", "3", "--sweep-eta", "0,0.5,1"]),
 ])
-def test_cli_methods_on_the_default_model(tmp_path, method, extra):
+def test_cli_methods_on_the_default_model(tmp_path, method, extra, default_model):
     from editing.run import main
 
     out = tmp_path / method
@@ -242,7 +246,7 @@ def test_cli_methods_on_the_default_model(tmp_path, method, extra):
         assert (out / name).is_file(), name
     assert summary["method"] == method and summary["outputs"]["sweep"] == ["sweep.png"]
     assert set(summary["timings_s"]) == {"preliminary_training", "editing", "generation", "total"}
-    assert summary["peak_memory_mb"] > 0
+    assert_peak_memory_is_plausible(summary["peak_memory_mb"], default_model)
     import cv2
 
     sweep = cv2.imread(str(out / "sweep.png"))
@@ -259,6 +263,7 @@ def test_cli_methods_on_the_default_model(tmp_path, method, extra):
     (["--method", "imagic", "--sweep", "--sweep-eta", "0,x"], "comma-separated"),
     (["--method", "learned-embedding", "--save-inversion", "x.safetensors"], "learned embedding"),
     (["--method", "imagic", "--embed-lr", "0"], "learning rate"),
+    (["--method", "null-finetune", "--source-prompt", SOURCE, "--finetune-inner", "0"], "--finetune-inner"),
 ])
 def test_cli_method_errors(tmp_path, capsys, argv, message):
     from editing.cli import run_main
@@ -269,6 +274,28 @@ def test_cli_method_errors(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: NullTextConfig(inner_steps=0), "--finetune-inner"),  # crashed later with UnboundLocalError
+    (lambda: NullTextConfig(inner_steps=2.5), "--inner-steps"),
+    (lambda: NullTextConfig(lr=0.0), "learning rate"),
+    (lambda: NullTextConfig(early_stop=float("nan")), "early_stop"),
+    (lambda: NullFinetuneConfig(steps=-1), "--finetune-steps"),
+    (lambda: LearnedEmbeddingConfig(interp_steps=-2), "--interp-steps"),
+    (lambda: LearnedEmbeddingConfig(eta=float("inf")), "--eta"),
+    (lambda: ImagicConfig(eta=float("nan")), "--eta"),
+    (lambda: P2PConfig(edit="swap"), "unknown edit"),
+    (lambda: P2PConfig(cross_replace=1.5), "--cross-replace"),
+    (lambda: P2PConfig(cross_replace={"default_": 0.8, "cat": (0.6, 0.2)}), "--cross-replace-word cat"),
+    (lambda: P2PConfig(self_replace="most"), "--self-replace"),
+    (lambda: P2PConfig(reweight={"cat": float("nan")}), "--reweight cat"),
+    (lambda: BlendConfig(words=[]), "--blend-words"),
+    (lambda: BlendConfig(words=["cat"], threshold=2.0), "--blend-threshold"),
+])
+def test_configs_refuse_bad_values_when_made(make, names):
+    with pytest.raises(UserError, match=re.escape(names)):
+        make()
 
 
 def test_embedding_optimiser_reports_a_nan(tiny_model, photos):

@@ -153,6 +153,7 @@ def test_direct_inversion_holds_the_source_on_the_trajectory(tiny_model, chelsea
     assert (added[0] - record.trajectory[0]).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_direct_reconstruction_is_the_vae_round_trip_on_the_default_model(default_model, session_photos,
                                                                          photo_prompts):
     """Regression: adding the recorded offsets instead of holding the source row let float error grow through
@@ -412,6 +413,7 @@ def test_tampered_record_is_refused(chelsea, tmp_path):
 # ---------------------------------------------------------------- v-prediction
 
 
+@pytest.mark.slow
 def test_v_prediction_null_text_reconstructs_better_than_ddim(tiny_v_model, session_photos, photo_prompts):
     model = tiny_v_model
     records = {m: invert_one(model, session_photos[:1], photo_prompts[:1], m)[0]

@@ -234,3 +234,26 @@ def test_heatmaps(model, record, cat):
     assert all(im.shape == cat.shape and im.dtype == np.uint8 for im in images)
     images, captions = self_attention_components(result.controller, 0, cat, count=3)
     assert len(images) == 3 and images[0].shape == cat.shape
+
+
+def test_self_attention_maps_average_over_the_steps_that_recorded_them(model):
+    """P2P records self-attention only inside its self-replace window (4 of 10 steps here); the average must
+    divide by those 4 steps, not by all 10 (it used to give 0.4 x the maps)."""
+    steps, heads, side = 10, 2, 4
+    controller = PromptToPrompt("a cat sitting on a mirror", ["a tiger sitting on a mirror"], model.tokenizer, steps,
+                                P2PConfig(self_replace=0.4))
+    controller.store_self = True
+    queries = side * side
+    self_probs = torch.full((2 * 2 * heads, queries, queries), 1.0 / queries)  # (B*heads, Q, Q), B = 2 x 2 prompts
+    cross_probs = torch.full((2 * 2 * heads, queries, 77), 1.0 / 77)
+    recorded = 0
+    for step in range(steps):
+        controller.edit(cross_probs, is_cross=True, place="up", step=step, heads=heads)
+        if controller.wants(False, queries, step):
+            controller.edit(self_probs, is_cross=False, place="up", step=step, heads=heads)
+            recorded += 1
+        controller.after_step(step, torch.zeros(2, 4, side, side))
+    assert recorded == 4
+    (self_average,), (cross_average,) = controller.average("self"), controller.average("cross")
+    torch.testing.assert_close(self_average, torch.full((2, queries, queries), 1.0 / queries))
+    torch.testing.assert_close(cross_average, torch.full((2, queries, 77), 1.0 / 77))

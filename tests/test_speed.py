@@ -35,6 +35,7 @@ def plain(tiny_model, session_photos, photo_prompts):
     return record, reconstruct(tiny_model, [record], disable=True)
 
 
+@pytest.mark.slow
 def test_compiled_unet_gives_the_plain_results(tiny_model, session_photos, photo_prompts, plain):
     model = copy_of(tiny_model)
     apply_speed(model, SpeedOptions(compile="default", backend="aot_eager"))
@@ -102,6 +103,7 @@ def test_cli_flags_and_summary(tiny_model):
         SpeedOptions(compile="fast")
 
 
+@pytest.mark.slow
 def test_compiled_null_text_keeps_per_row_early_stop(tiny_model, session_photos, photo_prompts):
     """With a compiled UNet the inner loop runs every row (one shape); rows that stopped must still keep their
     embedding, so the batch gives what the plain path (active rows only) gives, up to the float noise of a
@@ -119,3 +121,94 @@ def test_compiled_null_text_keeps_per_row_early_stop(tiny_model, session_photos,
     for got, want in zip(fast, plain):
         torch.testing.assert_close(got.nulls, want.nulls, rtol=0, atol=5e-4)
         torch.testing.assert_close(got.x_T, want.x_T, rtol=0, atol=1e-5)
+
+
+class _Counting:
+    """Wraps torch's attention kernels (SDPA and diffusers' explicit scores) and records how many
+    (batch x heads) rows each call computed at once."""
+
+    def __init__(self, monkeypatch):
+        from diffusers.models.attention_processor import Attention
+
+        self.rows = []
+        sdpa, scores = torch.nn.functional.scaled_dot_product_attention, Attention.get_attention_scores
+
+        def counted_sdpa(query, *args, **kwargs):
+            self.rows.append(query.shape[:-2].numel())
+            return sdpa(query, *args, **kwargs)
+
+        def counted_scores(attn, query, *args, **kwargs):
+            self.rows.append(query.shape[0])
+            return scores(attn, query, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
+        monkeypatch.setattr(Attention, "get_attention_scores", counted_scores)
+
+    def take(self) -> list[int]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
+def test_attention_slicing_holds_during_prompt_to_prompt(tiny_model, plain, monkeypatch):
+    """--attention-slicing used to be dropped for the whole P2P edit (the controlled processors replaced the
+    sliced ones): the controlled layers must slice too, and give the unsliced edit."""
+    record, targets = plain[0], ["a photo of a dog"]
+    counting = _Counting(monkeypatch)
+    unsliced = edit_p2p(tiny_model, record, targets, disable=True)
+    unsliced_rows = counting.take()
+    model = copy_of(tiny_model)
+    processors = model.unet.attn_processors
+    try:
+        apply_speed(model, SpeedOptions(attention_slicing=True))
+        slice_sizes = {p.slice_size for p in model.unet.attn_processors.values()}
+        counting.take()
+        sliced = edit_p2p(model, record, targets, disable=True)
+        sliced_rows = counting.take()
+        # the edit put the sliced processors back
+        assert {type(p).__name__ for p in model.unet.attn_processors.values()} == {"SlicedAttnProcessor"}
+    finally:
+        model.unet.set_attn_processor(processors)
+    assert max(unsliced_rows) > max(slice_sizes)  # without slicing a call takes every (batch x heads) row
+    assert len(sliced_rows) > len(unsliced_rows) and max(sliced_rows) <= max(slice_sizes)
+    assert np.abs(sliced.edits[0].astype(int) - unsliced.edits[0].astype(int)).max() <= 1
+    assert np.abs(sliced.reconstruction.astype(int) - unsliced.reconstruction.astype(int)).max() <= 1
+
+
+class _Wants:
+    """A controller that asks for every layer (or none) and changes nothing."""
+
+    def __init__(self, wants: bool):
+        self.answer = wants
+
+    def wants(self, is_cross, queries, step):
+        return self.answer
+
+    def edit(self, probs, **kwargs):
+        return probs
+
+
+@pytest.mark.parametrize("slice_size", [None, 1])
+@pytest.mark.parametrize("wants", [False, True])
+def test_controlled_processor_equals_diffusers_with_query_key_norms(wants, slice_size):
+    """With norm_q / norm_k (qk_norm), the controlled processor computes what AttnProcessor2_0 computes, on the
+    fused and the explicit path, sliced or not."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from attention.processors import ControlledAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=2, dim_head=16, qk_norm="layer_norm", cross_attention_dim=24).eval()
+    with torch.no_grad():  # LayerNorm starts as the identity: make the norms matter
+        for norm in (attn.norm_q, attn.norm_k):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    hidden, context = torch.randn(3, 10, 32), torch.randn(3, 7, 24)
+    with torch.no_grad():
+        attn.set_processor(AttnProcessor2_0())
+        want = attn(hidden, encoder_hidden_states=context)
+        attn.set_processor(ControlledAttnProcessor("up_blocks.0.attn2.processor", _Wants(wants), slice_size))
+        got = attn(hidden, encoder_hidden_states=context, step=0)
+        attn.norm_q = attn.norm_k = None
+        plain = attn(hidden, encoder_hidden_states=context, step=0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(plain, want, atol=1e-3)  # the norms change the result: the test can see them

@@ -276,11 +276,55 @@ def test_train_init_from_arguments(tmp_path):
     assert cfg.init_from.endswith("toyworld/model") and cfg.vae_steps == 0 and cfg.unet_steps == 5
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path / "o"), "--init-from", str(tmp_path)])  # no unet/
-    # the EMA of a continuation starts at full decay from the loaded weights
-    m = torch.nn.Linear(2, 2)
-    start = m.weight.detach().clone()
-    ema = train.EMA([m], 0.999, warmup=False)
+
+
+def test_trainer_decays_only_matrices_and_uses_diffusers_schedule_and_ema():
+    import torch
+
+    from toyworld import train
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LayerNorm(3))
+    groups = train.decay_groups(list(m.parameters()), 0.01)
+    assert [tuple(p.shape) for p in groups[0]["params"]] == [(3, 2)] and groups[0]["weight_decay"] == 0.01
+    assert sorted(p.ndim for p in groups[1]["params"]) == [1, 1, 1] and groups[1]["weight_decay"] == 0.0
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    sched = train.warmup_cosine(opt, total=100, warmup_frac=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[10] == pytest.approx(1.0)  # linear warm-up to the peak at step 10
+    assert lrs[55] == pytest.approx(0.5, abs=1e-6) and lrs[-1] < 1e-3  # cosine: half-way, then towards 0
+    # from scratch the decay warms up; a continuation's EMA runs at full decay from its loaded weights
+    params = list(m.parameters())
+    assert train.make_ema(params, 0.999).get_decay(3) == pytest.approx(3 / 12)
+    continued = train.make_ema(params, 0.999, warmup=False)
+    assert continued.get_decay(3) == continued.get_decay(10_000) == 0.999
+    start = m[0].weight.detach().clone()
+    continued.step(params)  # the first step copies
     with torch.no_grad():
-        m.weight.add_(1.0)
-    ema.update()
-    assert torch.allclose(ema.shadow[0], start + 0.001, atol=1e-6)
+        m[0].weight.add_(1.0)
+    continued.step(params)
+    assert torch.allclose(continued.shadow_params[0], start + 0.001, atol=1e-6)
+
+
+def test_trainer_runs_two_unet_steps_with_min_snr_weights():
+    import torch
+    from transformers import CLIPTokenizer
+
+    from editing.core.model import TOKENIZER_DIR, ddim_scheduler
+    from toyworld import train
+
+    torch.manual_seed(0)
+    cfg = train.Config(unet_steps=2, unet_batch=2)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    _, text_encoder, unet = train.build_components(cfg, tokenizer)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    latents = torch.randn(4, 4, 16, 16)
+    ids = train.tokenize(tokenizer, ["a red circle on a gray background"] * 4)
+    stats = train.train_unet(unet, text_encoder, latents, ids, train.tokenize(tokenizer, [""])[0], ddim_scheduler(),
+                             cfg, torch.Generator().manual_seed(0), disable=True)
+    assert np.isfinite(stats["eps_mse"])
+    changed = [n for n, p in unet.named_parameters() if not torch.equal(p, before[n])]
+    assert changed and all(torch.isfinite(p).all() for p in unet.parameters())

@@ -12,8 +12,9 @@ Stages, all on the CPU, seeded and counted in steps (the same command and thread
 3. encode the training set once (posterior means), measure the latents' std: `scaling_factor = 1 / std`;
 4. train the UNet2DConditionModel (cross-attention at 16x16 and 8x8) and the CLIPTextModel (real CLIP BPE
    tokenizer) jointly on the cached latents: epsilon prediction under SD's scaled-linear schedule,
-   min-SNR-5 loss weights, 10 % of captions dropped to "" (classifier-free guidance), AdamW, linear warm-up
-   then cosine decay, an EMA of both networks' weights (what is saved);
+   min-SNR-5 loss weights, 10 % of captions dropped to "" (classifier-free guidance), AdamW (weight decay on
+   the >= 2-D weights only), linear warm-up then cosine decay (diffusers.optimization), an EMA of both
+   networks' weights (diffusers.training_utils.EMAModel: what is saved);
 5. save the pipeline in diffusers format (weights in fp16, loaded back in fp32) to `OUT.tmp-<pid>`, check it
    loads through `editing.core.model.load_model` and `StableDiffusionPipeline.from_pretrained`, score it (VAE
    PSNR on held-out renders; text-to-image attribute accuracy with the checker, DDIM 50 steps, CFG 7.5),
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from editing.core.loading import load_model
 from editing.core.model import TOKENIZER_DIR, ddim_scheduler
+from editing.core.metrics import psnr, psnr_from_mse
 from toyworld.checker import accuracy
 from toyworld.world import iter_dataset, random_scene, caption
 
@@ -161,37 +162,27 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def warmup_cosine(total: int, warmup_frac: float):
-    warm = max(1, int(round(total * warmup_frac)))
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup_frac: float):
+    """diffusers' linear warm-up over warmup_frac of the steps, then cosine decay to 0 at `total`."""
+    from diffusers.optimization import get_scheduler
 
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-    return f
+    return get_scheduler("cosine", optimizer, num_warmup_steps=max(1, int(round(total * warmup_frac))),
+                         num_training_steps=total)
 
 
-class EMA:
-    """Exponential moving average of parameters, with the usual warm-up of the decay (skipped with
-    warmup=False, when the starting weights are already an average: a continued run)."""
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on the >= 2-D weights (linear and convolution kernels, embedding
+    tables) only; biases and normalisation scales (1-D) are not pulled towards 0."""
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
-    def __init__(self, modules: list[torch.nn.Module], decay: float, warmup: bool = True):
-        self.params = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = decay
-        self.warmup = warmup
-        self.step = 0
 
-    @torch.no_grad()
-    def update(self) -> None:
-        self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step)) if self.warmup else self.decay
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+def make_ema(params: list[torch.nn.Parameter], decay: float, warmup: bool = True):
+    """diffusers' EMAModel of `params`. With warmup its decay grows as (1 + n) / (10 + n) up to `decay`; without
+    (a continued run, whose starting weights are already an average) it is `decay` from the second step on."""
+    from diffusers.training_utils import EMAModel
 
-    @torch.no_grad()
-    def copy_to_model(self) -> None:
-        for p, s in zip(self.params, self.shadow):
-            p.copy_(s)
+    return EMAModel(params, decay=decay, min_decay=0.0 if warmup else decay, foreach=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +191,7 @@ class EMA:
 
 def train_vae(vae, data: Data, cfg: Config, rng: np.random.Generator, disable: bool) -> dict:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.vae_steps, cfg.warmup_frac))
+    sched = warmup_cosine(opt, cfg.vae_steps, cfg.warmup_frac)
     n_crop = int(round(cfg.vae_steps * cfg.vae_crop_frac))
     offsets = np.arange(0, 64 - cfg.vae_crop + 1, 4)  # crops keep the 4-px latent grid's phase
     vae.train()
@@ -223,7 +214,7 @@ def train_vae(vae, data: Data, cfg: Config, rng: np.random.Generator, disable: b
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))  # [-1, 1] range: peak-to-peak 2
+        psnr = psnr_from_mse(mse.item(), data_range=2.0)  # pixels in [-1, 1]
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
         psnr_smooth = psnr if psnr_smooth is None else 0.98 * psnr_smooth + 0.02 * psnr
         bar.set_postfix(loss=f"{smooth:.4f}", psnr=f"{psnr_smooth:.1f}", kl=f"{kl.item():.2f}",
@@ -254,11 +245,14 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
-               alphas_cumprod: torch.Tensor, cfg: Config, gen: torch.Generator, disable: bool) -> dict:
+               noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool) -> dict:
+    from diffusers.training_utils import compute_snr
+
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.unet_steps, cfg.warmup_frac))
-    ema = EMA([unet, text_encoder], cfg.ema_decay, warmup=cfg.init_from is None)
+    opt = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.unet_lr)
+    sched = warmup_cosine(opt, cfg.unet_steps, cfg.warmup_frac)
+    ema = make_ema(params, cfg.ema_decay, warmup=cfg.init_from is None)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.float()
     unet.train()
     text_encoder.train()
     T = len(alphas_cumprod)
@@ -276,7 +270,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
         cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
         pred = unet(zt, t, encoder_hidden_states=cond).sample
-        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        snr = compute_snr(noise_scheduler, t)
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
@@ -285,11 +279,11 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        ema.update()
+        ema.step(params)
         raw = per_sample.mean().item()
         smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
         bar.set_postfix(mse=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
-    ema.copy_to_model()
+    ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
     return {"eps_mse": smooth}
@@ -334,11 +328,6 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-
-
 @torch.no_grad()
 def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: list, disable: bool) -> dict:
     """Score the saved folder as users load it: VAE round trip through editing.core.model.load_model, and
@@ -350,7 +339,7 @@ def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: lis
               (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder))}
     recs = np.concatenate([model.decode_latents(model.encode_images(vae_images[i:i + 50]))
                            for i in range(0, len(vae_images), 50)])
-    psnrs = psnr_db(vae_images, recs)
+    psnrs = np.array([psnr(x, y) for x, y in zip(vae_images, recs)])  # per held-out render
 
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -523,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         held = to_tensor(held_vae.images)
         rec = vae.decode(vae.encode(held).latent_dist.mean).sample
         rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    vae_psnr_fp32 = float(psnr_db(held_vae.images, rec).mean())
+    vae_psnr_fp32 = float(np.mean([psnr(x, y) for x, y in zip(held_vae.images, rec)]))
     std, mean = float(latents.std()), float(latents.mean())
     scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)  # a continuation keeps it
     vae.register_to_config(scaling_factor=scaling)
@@ -536,9 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     ids = tokenize(tokenizer, train.captions)
     empty_ids = tokenize(tokenizer, [EMPTY_PROMPT])[0]
-    alphas_cumprod = ddim_scheduler().alphas_cumprod.float()
     del train
-    unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, alphas_cumprod, cfg, gen, disable)
+    unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable)
     times["unet"] = time.perf_counter() - t
 
     # 5. save, reload, score, publish

@@ -1,0 +1,43 @@
+"""Helpers several test files share (imported as `helpers`: pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+
+
+def help_examples(text: str, command: str) -> list[list[str]]:
+    """The example invocations of `command` (e.g. "python -m editing.run") in a --help text, each as the
+    argument list after the command; lines ending in a backslash continue on the next line."""
+    lines, examples, current = text.splitlines(), [], None
+    for line in lines:
+        stripped = line.strip()
+        if current is None and stripped.startswith(command + " "):
+            current = stripped
+        elif current is not None:
+            current += " " + stripped
+        else:
+            continue
+        if current.endswith("\\"):
+            current = current[:-1].rstrip()
+            continue
+        examples.append(shlex.split(current)[len(command.split()):])
+        current = None
+    return examples
+
+
+def weights_mb(*modules) -> float:
+    """The size of the modules' parameters in MiB (a lower bound of any peak memory figure of a run using them)."""
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2 ** 20
+
+
+def assert_peak_memory_is_plausible(peak_mb: float, model) -> None:
+    """A run's peak memory (CPU: resident set size) holds at least the model's weights and at most the whole
+    test process' peak so far: catches a figure in the wrong unit (KiB, bytes) or a counter never read."""
+    import resource
+    import sys
+
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset (VmHWM may have been)
+    high = lifetime / 2 ** 20 if sys.platform == "darwin" else lifetime / 2 ** 10
+    low = weights_mb(model.unet, model.vae, model.text_encoder)
+    assert np.isfinite(peak_mb) and low <= peak_mb <= high + 1.0, (low, peak_mb, high)
