@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from editing import batch as batch_module, multires as multires_module, run as run_module
+from editing import batch as batch_module, multires as multires_module, multires_ti, run as run_module
 from editing.cli import run_main
 from editing.core.errors import UserError
 from editing.core.image_io import MAX_IMAGE_PIXELS, read_image
@@ -423,7 +423,7 @@ def test_multires_train_with_zero_steps_writes_nothing(tmp_path, capfd):
 @pytest.mark.parametrize("change", [{"scales": "many"}, {"format_version": "x"}, {"name": "../evil"}])
 def test_concept_with_damaged_metadata_exits_2(tmp_path, capfd, change):
     path = tmp_path / "c.safetensors"
-    metadata = {"format": multires_module.FORMAT, "format_version": str(multires_module.FORMAT_VERSION),
+    metadata = {"format": multires_ti.FORMAT, "format_version": str(multires_ti.FORMAT_VERSION),
                 "name": "c", "scales": "2", **change}
     save_file({f"<{metadata['name']}>": torch.zeros(2, 32)}, str(path), metadata=metadata)
     line = refused(multires_module.main, ["sample", "--concepts", path, "--prompt", "a <c(0.5)>",
