@@ -102,7 +102,7 @@ def image_key(image: np.ndarray, prompt: str) -> tuple[str, str]:
 
 
 class BatchedInversions:
-    """An invert_source for editing.edit.run_edit that inverts photos batch_size at a time.
+    """An invert_source for editing.dispatch.run_edit that inverts photos batch_size at a time.
 
     The first request for one of the photos inverts its whole batch with that request's settings; the
     other photos of the batch are then served from the cache (each record handed out once). A photo

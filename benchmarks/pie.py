@@ -50,7 +50,7 @@ from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
 from editing.core.image_io import prepare_image, read_image
 from editing.core.loading import _quiet_loading, load_model  # its loaders keep stderr for one-line errors
-from editing.edit import run_edit
+from editing.dispatch import run_edit
 from editing.core.speed import apply_speed, speed_options, speed_summary
 
 MAPPING_FILE = "mapping_file.json"

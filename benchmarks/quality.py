@@ -55,7 +55,7 @@ from editing.core.errors import UserError
 from editing.core.image_io import image_grid, load_image, prepare_image, read_image, save_image
 from editing.core.model import DEFAULT_MODEL_DIR
 from editing.core.loading import load_model
-from editing.edit import run_edit
+from editing.dispatch import run_edit
 from editing.core.speed import apply_speed, speed_options, speed_summary
 from editing.core.metrics import psnr
 from inversion.invert import InversionConfig, invert, reconstruct

@@ -1,6 +1,6 @@
 """Stage timings of every editing method on one loaded model: the thesis' Table 4.1 as a command.
 
-Each method runs through the library's own path (an EditRequest and editing.edit.run_edit) on one
+Each method runs through the library's own path (an EditRequest and editing.dispatch.run_edit) on one
 model loaded once, so the figures are those of `python -m editing.run` minus model loading. Per method: one
 unmeasured warm-up run, then --repeats runs per image (methods interleaved within each repeat, so a
 machine that slows down or speeds up affects them alike), CUDA synchronised around each run and its
@@ -68,7 +68,7 @@ from editing.core.loading import load_model
 from editing.core.model import TINY_RANDOM_NAME
 from editing.core.sd_random import ARCHITECTURES
 from editing.core.speed import add_speed_options, apply_speed, speed_options, speed_summary
-from editing.edit import default_invert, inversion_config, run_edit
+from editing.dispatch import default_invert, inversion_config, run_edit
 from editing.imagic import DEFAULT_EMBEDDING
 from editing.learned_embedding import learn_embedding
 from editing.multires_prompt import parse_prompt

@@ -14,7 +14,7 @@ The public API (names resolve on first use, so `import editing.core` stays light
     again = editing.reconstruct(model, records)       # (1, S, S, 3)
 
 Floors, bottom-up (imports only go down): `editing.core` (model, DDIM math, the sampling loop, image IO,
-metrics, files, errors) <- `inversion`, `attention` <- the methods in `editing` (`editing.edit` dispatches
+metrics, files, errors) <- `inversion`, `attention` <- the methods in `editing` (`editing.dispatch` dispatches
 an `EditRequest`) <- the interfaces (`editing.run`, `editing.batch`, `editing.multires`, `editing.app`)
 <- `benchmarks`.
 """
@@ -28,8 +28,8 @@ _PUBLIC = {  # name -> the module that defines it
     "save_image": "editing.core.image_io",
     "UserError": "editing.core.errors",
     "EditRequest": "editing.request",
-    "edit": "editing.edit",
-    "run_edit": "editing.edit",
+    "edit": "editing.dispatch",  # not editing/edit.py: loading a submodule sets the package attribute of its name
+    "run_edit": "editing.dispatch",
     "invert": "inversion.invert",
     "InversionConfig": "inversion.invert",
     "reconstruct": "inversion.invert",

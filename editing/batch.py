@@ -48,7 +48,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from editing import run
-from editing.edit import dtype_name, edit_identity, inversion_config, run_edit
+from editing.dispatch import dtype_name, edit_identity, inversion_config, run_edit
 from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import write_json

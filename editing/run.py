@@ -32,7 +32,7 @@ from editing.core.loading import load_model
 from editing.core.image_io import load_image
 from editing.core.model import DTYPES
 from editing.core.speed import add_speed_options, apply_speed, speed_options
-from editing.edit import run_edit
+from editing.dispatch import run_edit
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
     DEFAULT_UNET as IMAGIC_UNET
 from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT_ETA as LE_ETA, \

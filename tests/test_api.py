@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import editing
 from toyworld.checker import check, read_scene
 from toyworld.world import parse_caption
 
@@ -57,3 +58,18 @@ def test_importing_editing_loads_no_method_until_a_name_is_used():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["[]", "True"]
+
+
+def test_public_names_stay_what_they_are_after_every_module_is_loaded():
+    """Loading a submodule sets the package attribute of its name: a module editing/edit.py made `editing.edit`
+    the module instead of the function once anything had imported it (editing.run does), or at the second use."""
+    code = ("import importlib, pkgutil, editing; first = editing.edit;"
+            "[importlib.import_module(f'editing.{m.name}') for m in pkgutil.iter_modules(editing.__path__)];"
+            "from editing.dispatch import edit, run_edit;"
+            "print(first is edit, editing.edit is edit, editing.run_edit is run_edit)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True", "True"]
+    submodules = {p.stem for p in (REPO / "editing").glob("*.py")} | {p.name for p in (REPO / "editing").iterdir()
+                                                                       if p.is_dir()}
+    assert not set(editing.__all__) & submodules

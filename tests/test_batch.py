@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from editing import batch as batch_module, run
-from editing.edit import inversion_config
+from editing.dispatch import inversion_config
 from editing.batch import InversionCache
 from editing.cli import run_main
 from editing.core.image_io import load_image, read_image

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from editing import edit as edit_module, run as run_module
+from editing import dispatch as edit_module, run as run_module
 from editing.cli import run_main
 from editing.core.image_io import load_image, read_image
 from editing.core.metrics import psnr

@@ -108,8 +108,8 @@ def upward(module: str, edges) -> list[str]:
 def test_every_floor_is_checked():
     for folder in ("editing/core", "inversion", "attention"):
         assert modules(folder), folder  # a renamed folder must not leave the check with nothing to look at
-    for method in ("p2p", "null_finetune", "learned_embedding", "imagic", "embedding", "request", "edit",
-                   "multires_prompt", "multires_ti"):
+    for method in ("p2p", "null_finetune", "learned_embedding", "imagic", "embedding", "request",
+                   "multires_prompt", "multires_ti", "dispatch"):
         assert f"editing.{method}" in CHECKED and floor(f"editing.{method}") == "methods", method
     assert "editing.multires" in CHECKED and floor("editing.multires") == "interfaces"
     assert floor("editing.core.model") == "core" and floor("inversion.record") == "inversion/attention"

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -57,9 +58,15 @@ def tree(tmp_path_factory) -> Path:
 
 
 def venv(path: Path) -> Path:
-    """A virtual environment over this interpreter's packages (pip included); returns its python."""
+    """A virtual environment over this interpreter's packages (pip included); returns its python.
+
+    --system-site-packages shows the base interpreter's packages; a .pth file adds this interpreter's own
+    (they differ when the tests run inside a virtual environment). The venv's own site-packages come first."""
     check(call([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", path], cwd=path.parent))
-    return path / "bin" / "python"
+    python = path / "bin" / "python"
+    purelib = check(call([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=path))
+    (Path(purelib.stdout.strip()) / "outer-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
 
 
 def located(python: Path, cwd: Path) -> dict:
