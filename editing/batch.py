@@ -74,7 +74,7 @@ RESERVED_NAMES = ("report.json", "report.md")  # files the batch writes beside t
 SHARD_WAIT_TIMEOUT = timedelta(hours=48)
 # Options that hold for the whole batch: one model for all images, outputs and inversions named by the batch.
 BATCH_LEVEL = ("image", "out", "model", "device", "dtype", "save_inversion", "inversion_file", "config",
-               "quiet", "debug")
+               "quiet", "debug", "prediction_type", "download")
 PIE_BENCH_KEYS = ("image_path", "original_prompt", "editing_prompt")
 
 
@@ -503,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = find_jobs(batch, shared)
     state = distributed_state(shared.device)
     device = str(state.device) if state.num_processes > 1 and state.device.type == "cuda" else shared.device
-    model = load_model(shared.model, device=device, dtype=shared.dtype)
+    model = load_model(shared.model, device=device, dtype=shared.dtype, prediction_type=shared.prediction_type,
+                       download=shared.download, debug=batch.debug)
     apply_speed(model, speed_options(shared))
     out = Path(batch.out)
     out.mkdir(parents=True, exist_ok=True)
