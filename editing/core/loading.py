@@ -35,6 +35,7 @@ WEIGHT_FILE = re.compile(r"(?:diffusion_pytorch_model|model|pytorch_model)(?:-\d
                          r"(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.(?:safetensors|bin)")
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 PREFERRED_VARIANT = "fp16"  # when a folder offers several variants and no plain weights
+_quiet_loading = quiet_libraries  # the name benchmarks/pie.py imports
 
 
 def _hub_cache_dir() -> str:
