@@ -317,6 +317,14 @@ def test_uncached_hub_id_says_how_to_download():
     assert "someone/not-cached" in message and "--download" in message
 
 
+def test_download_of_a_hub_id_is_tried_only_when_asked(network_calls):
+    with pytest.raises(UserError, match="--download"):
+        load_model("someone/not-cached", device="cpu")
+    assert network_calls == []
+    with pytest.raises(UserError, match="could not download 'someone/not-cached'"):
+        load_model("someone/not-cached", device="cpu", download=True)
+
+
 def test_prediction_type_is_refused_for_a_folder(tmp_path):
     with pytest.raises(UserError, match="single checkpoint files"):
         load_model(tmp_path, device="cpu", prediction_type="epsilon")
