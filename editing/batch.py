@@ -76,7 +76,7 @@ RESERVED_NAMES = ("report.json", "report.md")  # files the batch writes beside t
 SHARD_WAIT_TIMEOUT = timedelta(hours=48)
 # Options that hold for the whole batch: one model for all images, outputs and inversions named by the batch.
 BATCH_LEVEL = ("image", "out", "model", "device", "dtype", "save_inversion", "inversion_file", "config",
-               "quiet", "debug")
+               "quiet", "debug", "prediction_type", "download")
 
 
 def build_parser() -> Parser:
@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_batch(batch, shared, jobs: list[Job], state, out: OutputFolder, cache: InversionCache, start: float) -> int:
     device = str(state.device) if state.num_processes > 1 and state.device.type == "cuda" else shared.device
-    model = load_model(shared.model, device=device, dtype=shared.dtype)
+    model = load_model(shared.model, device=device, dtype=shared.dtype, prediction_type=shared.prediction_type,
+                       download=shared.download, debug=batch.debug)
     apply_speed(model, speed_options(shared))
     for job in jobs:  # the limits that need the model (--steps): a shared option stops the batch, an entry fails
         if job.request is not None and not job.error:

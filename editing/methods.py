@@ -328,6 +328,7 @@ def run_edit(model, image: np.ndarray, request: EditRequest, out: Path | OutputF
     timings["total"] = round(time.perf_counter() - start, 3)
     summary = {
         "method": request.method, "model": model.name, "image": str(request.image),
+        "model_notes": dict(model.notes),  # how the model was loaded: e.g. which prediction type, and why
         "source_prompt": request.source_prompt, "target_prompts": list(request.target_prompts), "seed": request.seed,
         **result.summary, "device": str(model.device), "dtype": dtype_name(model.dtype), "speed": speed_summary(model),
         "timings_s": timings,

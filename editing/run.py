@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from editing.cli import EXIT_OK, Parser, apply_config_file, run_main
+from editing.core.checkpoints import PREDICTION_TYPES
 from editing.core.errors import UserError
 from editing.core.loading import load_model
 from editing.core.image_io import MAX_IMAGE_PIXELS, load_image
@@ -109,6 +110,12 @@ def build_parser() -> Parser:
     g.add_argument("--sweep-k", default="auto", help="K values of the strip (auto: 0 to --steps in 6)")
     p.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt, cached hub id; "
                                                  "default: the embedded default model")
+    p.add_argument("--prediction-type", default=None, choices=PREDICTION_TYPES,
+                   help="for a single SD 2.x file, whose weights do not say (default v_prediction, the 768-v "
+                        "release; epsilon for a 2.x base 512 model)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch a hub id (or a missing config) into the Hugging Face cache; nothing is downloaded "
+                        "without it")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args = apply_config_file(build_parser(), argv)
     request = request_from_args(args)
     out = OutputFolder.prepare(args.out, [args.image, args.mask, args.inversion_file, args.config])
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
+                       download=args.download, debug=args.debug)
     apply_speed(model, speed_options(args))
     image = load_image(args.image, model.resolution, request.crop, request.max_pixels)
     summary = run_edit(model, image, request, out)

@@ -61,7 +61,7 @@ def test_importing_editing_loads_no_method_until_a_name_is_used():
 
 
 def test_public_names_stay_what_they_are_after_every_module_is_loaded():
-    """Loading a submodule sets the package attribute of its name: a module editing/edit.py (now editing/methods.py) made `editing.edit`
+    """Loading a submodule sets the package attribute of its name: a module editing/edit.py made `editing.edit`
     the module instead of the function once anything had imported it (editing.run does), or at the second use."""
     code = ("import importlib, pkgutil, editing; first = editing.edit;"
             "[importlib.import_module(f'editing.{m.name}') for m in pkgutil.iter_modules(editing.__path__)];"

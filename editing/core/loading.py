@@ -1,18 +1,41 @@
 """Loading a model for editing from what the user names: the embedded default, a random test model, a
-diffusers folder, a single checkpoint file, or a hub id already in the local cache. Never downloads.
+diffusers folder (fp16-variant-only folders too), a single checkpoint file (SD 1.x / 2.x in the original
+layout, built with the configs shipped in editing/assets/configs/), or a hub id in the local cache.
+
+Nothing is downloaded unless asked (`download=True`, the CLIs' `--download`): every library call here runs
+with local_files_only=True inside `no_network()`, so a missing piece is reported as missing, with how to
+fetch it, instead of being fetched behind the user's back. The text encoder and the VAE are always fp32.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from editing.core.checkpoints import (SDXL_BASE, Architecture, Detected, clip_tokenizer, detect,
+                                      is_checkpoint_path, load_state_dict, read_shapes)
 from editing.core.errors import UserError
-from editing.core.model import (DEFAULT_MODEL_DIR, DEFAULT_NAMES, TINY_RANDOM_NAME, Model, _from_pipeline, _place,
-                                build_tiny_model, pick_device, pick_dtype)
+from editing.core.model import (DEFAULT_MODEL_DIR, DEFAULT_NAMES, TINY_RANDOM_NAME, Model,
+                                _from_pipeline, _place, build_tiny_model, ddim_scheduler, pick_device, pick_dtype)
+from editing.core.offline import no_network, quiet_libraries
 from editing.core.sd_random import ARCHITECTURES, build_sd_random
+
+# owner/name as the hub spells repositories (what may be downloaded; anything else is a local path)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+# The configs a single file is built from (a shipped folder, or the same files of the published repo).
+CONFIG_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
+CONFIG_PATTERNS = ["*.json", "tokenizer/*.txt"]  # what --download fetches for a file's configs: a few KB
+# Weight files of a diffusers component, plain (`model.safetensors`) or a variant (`model.fp16.safetensors`).
+WEIGHT_FILE = re.compile(r"(?:diffusion_pytorch_model|model|pytorch_model)(?:-\d+-of-\d+)?"
+                         r"(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.(?:safetensors|bin)")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+PREFERRED_VARIANT = "fp16"  # when a folder offers several variants and no plain weights
+_quiet_loading = quiet_libraries  # the name benchmarks/pie.py imports
 
 
 def _hub_cache_dir() -> str:
@@ -21,94 +44,227 @@ def _hub_cache_dir() -> str:
     return str(HF_HUB_CACHE)
 
 
-def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtype: str = "fp32") -> Model:
+def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtype: str = "fp32", *,
+               prediction_type: str | None = None, download: bool = False, debug: bool = False) -> Model:
     """Load a model for editing.
 
     spec: None or "default" -> the embedded default (the trained toyworld model when present, otherwise a
-    seeded tiny random model); "tiny-random"; "sd15-random" / "sd21-random" (the real SD architectures with
-    random weights, for timings); a diffusers folder; a .safetensors/.ckpt file; a hub id that
-    is already in the local Hugging Face cache. Never downloads.
+    seeded tiny random model); "tiny-random"; "sd15-random" / "sd21-random" (the released SD architectures
+    with random weights, for timings); a diffusers folder; a .safetensors/.ckpt file (any letter case);
+    a hub id in the local Hugging Face cache, or fetched into it with download=True.
+    prediction_type: "epsilon" or "v_prediction" for a single file whose weights do not say (SD 2.x: the
+    default is the 768-v release; epsilon selects the 512 base configs). debug: show library warnings.
     """
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     spec = None if spec is None else str(spec)
+    path = None if spec is None else Path(spec).expanduser()
+    is_file = path is not None and is_checkpoint_path(path)
+    if prediction_type is not None and not is_file:
+        raise UserError(f"--prediction-type {prediction_type} applies to single checkpoint files (whose weights do "
+                        "not say); a diffusers folder or hub id has it in its scheduler config")
     if spec is None or spec in DEFAULT_NAMES:
         if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
-            return _load_folder(DEFAULT_MODEL_DIR, "default", dev, torch_dtype)
+            return _load_folder(DEFAULT_MODEL_DIR, "default", dev, torch_dtype, debug)
         return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
     if spec == TINY_RANDOM_NAME:
         return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
     if spec in ARCHITECTURES:
-        return _place(build_sd_random(spec), spec, dev, torch_dtype)
-    path = Path(spec).expanduser()
+        with quiet_libraries(debug):
+            return _place(build_sd_random(spec), spec, dev, torch_dtype)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UserError(f"{path} is a folder but not a diffusers model (no model_index.json in it)")
-        return _load_folder(path, str(path), dev, torch_dtype)
-    if path.suffix in (".safetensors", ".ckpt"):
+        return _load_folder(path, str(path), dev, torch_dtype, debug)
+    if is_file:
         if not path.is_file():
             raise UserError(f"model file not found: {path}")
-        return _load_single_file(path, dev, torch_dtype)
+        return _load_single_file(path, dev, torch_dtype, prediction_type, download, debug)
     if path.exists():
         raise UserError(f"{path} is not a model: give a diffusers folder, a .safetensors or .ckpt file")
-    return _load_cached_hub_id(spec, dev, torch_dtype)
+    return _load_hub_id(spec, dev, torch_dtype, download, debug)
 
 
 @contextmanager
-def _quiet_loading():
-    """No loader progress bars on stderr (a command's stderr is for its one-line errors); restored after."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+def _offline(what: str, debug: bool):
+    """Quiet, local-only loading of `what`: a failure that came from trying the network becomes a
+    UserError naming what is missing and how to fetch it."""
+    with quiet_libraries(debug), no_network() as attempts:
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as exc:
+            if attempts.tried:
+                raise UserError(f"{what} is not complete on this machine, and loading it tried the network "
+                                f"({attempts.describe()}), which is off: add --download to fetch it") from exc
+            raise
 
-    states = [(m, m.is_progress_bar_enabled(), m.get_verbosity()) for m in (diffusers_logging, transformers_logging)]
-    for module, _, _ in states:
-        module.disable_progress_bar()
-        module.set_verbosity_error()  # e.g. transformers' torchvision notice when the pipeline is imported
+
+# ---------------------------------------------------------------- diffusers folders and hub ids
+
+
+def _load_folder(path: Path, name: str, device, dtype, debug: bool) -> Model:
+    variant = weights_variant(path)
     try:
-        yield
-    finally:
-        for module, enabled, verbosity in states:
-            module.set_verbosity(verbosity)
-            if enabled:
-                module.enable_progress_bar()
-
-
-def _load_folder(path: Path, name: str, device, dtype) -> Model:
-    try:
-        with _quiet_loading():
+        with _offline(f"the diffusers model in {path}", debug):
             from diffusers import StableDiffusionPipeline
 
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the diffusers model in {path}: {str(exc).splitlines()[0]}") from exc
-    return _from_pipeline(pipe, name, device, dtype)
+                local_files_only=True, variant=variant, torch_dtype={"unet": dtype, "default": torch.float32})
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot load the diffusers model in {path}: {_first_line(exc)}") from exc
+    model = _from_pipeline(pipe, name, device, dtype)
+    if variant is not None:
+        model.notes = {"weights": f"{variant} variant files (the folder has no plain weights)"}
+    return model
 
 
-def _load_single_file(path: Path, device, dtype) -> Model:
-    """A single SD checkpoint. diffusers reads .safetensors with safetensors and .ckpt with
-    torch.load(weights_only=True), so no pickled code from the file is ever run."""
-    from diffusers import StableDiffusionPipeline
+def weights_variant(folder: Path) -> str | None:
+    """None when every component has plain weight files; otherwise the variant its files have
+    (`fp16` for `diffusion_pytorch_model.fp16.safetensors`)."""
+    variants = set()
+    for component in WEIGHT_COMPONENTS:
+        sub = folder / component
+        if not sub.is_dir():
+            continue
+        found = [m.group("variant") for f in sub.iterdir() if (m := WEIGHT_FILE.fullmatch(f.name))]
+        if None not in found:
+            variants.update(found)
+    if not variants:
+        return None
+    return PREFERRED_VARIANT if PREFERRED_VARIANT in variants else sorted(variants)[0]
+
+
+def _load_hub_id(spec: str, device, dtype, download: bool, debug: bool) -> Model:
+    not_here = (f"model {spec!r} not found: it is not a folder or file here, and not a hub id in the local cache "
+                f"{_hub_cache_dir()}")
+    if not HUB_ID.fullmatch(spec):
+        raise UserError(not_here + (" (a hub id is owner/name)" if download else ""))
+    if download:
+        folder = _download_pipeline(spec, debug)
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            with _offline(f"model {spec!r}", debug):
+                folder = snapshot_download(spec, local_files_only=True)
+        except UserError:
+            raise
+        except Exception as exc:  # LocalEntryNotFoundError and friends: not in the cache
+            raise UserError(not_here + " (add --download to fetch it from the Hugging Face hub)") from exc
+    if not (Path(folder) / "model_index.json").is_file():
+        raise UserError(f"{spec!r} in the cache ({folder}) is not a diffusers model (no model_index.json)")
+    return _load_folder(Path(folder), spec, device, dtype, debug)
+
+
+def _download_pipeline(spec: str, debug: bool) -> str:
+    """Fetch a hub id into the normal Hugging Face cache (with progress bars): the only network access."""
+    from diffusers import DiffusionPipeline
 
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), safety_checker=None, requires_safety_checker=False, local_files_only=True)
-    except Exception as exc:  # diffusers raises many kinds here; all mean "this file is not usable"
-        raise UserError(f"cannot load the checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                        " (single files need the model's configs in the local Hugging Face cache;"
-                        " a diffusers folder needs nothing else)") from exc
-    return _from_pipeline(pipe, str(path), device, dtype)
+        with quiet_libraries(debug, progress=True):
+            folder = DiffusionPipeline.download(spec)
+            if weights_variant(Path(folder)) is None and not _has_weights(Path(folder)):
+                folder = DiffusionPipeline.download(spec, variant=PREFERRED_VARIANT)
+    except Exception as exc:
+        raise UserError(f"could not download {spec!r} from the Hugging Face hub: {_first_line(exc)}") from exc
+    return folder
 
 
-def _load_cached_hub_id(spec: str, device, dtype) -> Model:
-    from diffusers import StableDiffusionPipeline
+def _has_weights(folder: Path) -> bool:
+    return (folder / "unet").is_dir() and any(WEIGHT_FILE.fullmatch(f.name) for f in (folder / "unet").iterdir())
 
+
+# ---------------------------------------------------------------- single checkpoint files
+
+
+def _load_single_file(path: Path, device, dtype, prediction_type, download: bool, debug: bool) -> Model:
+    """An SD 1.x / 2.x checkpoint in the original layout: the architecture is read from the tensor names,
+    the components built from the shipped configs, the weights converted by diffusers."""
+    detected = detect(path, read_shapes(path), prediction_type)
+    if detected.architecture is SDXL_BASE:
+        return _load_sdxl_single_file(path, detected, device, dtype, download, debug)
+    config = _config_folder(detected.architecture, download, debug)
+    label = detected.architecture.label
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            spec, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            local_files_only=True)
-    except Exception as exc:  # not in the cache, or not a valid id
-        raise UserError(f"model {spec!r} not found: it is not a folder or file here, and not a hub id in the "
-                        f"local cache {_hub_cache_dir()} (nothing is downloaded)") from exc
-    return _from_pipeline(pipe, spec, device, dtype)
+        with _offline(f"the {label} configs in {config}", debug):
+            unet, vae, text_encoder = _convert(path, config, dtype)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise UserError(f"cannot load {path} as {label}: {_first_line(exc)}") from exc
+    for part, module in (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder)):
+        unloaded = [n for n, t in module.state_dict().items() if t.is_meta]
+        if unloaded:
+            raise UserError(f"{path} is incomplete: {len(unloaded)} {part} weights of {label} are missing from it "
+                            f"(e.g. {unloaded[0]!r})")
+    scheduler_config = json.loads((config / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = ddim_scheduler(dict(scheduler_config, prediction_type=detected.prediction_type))
+    tokenizer = clip_tokenizer(config / "tokenizer")
+    model = _place((unet, vae, text_encoder, tokenizer, scheduler), str(path), device, dtype)
+    model.notes = {"checkpoint": f"{label} single file", "prediction_type": detected.note}
+    return model
+
+
+def _convert(path: Path, config: Path, dtype):
+    """(unet, vae, text_encoder) from the file's tensors; only the UNet in `dtype`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel
+
+    checkpoint = load_state_dict(path)
+    common = dict(config=str(config), local_files_only=True)
+    unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", torch_dtype=dtype, **common)
+    vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", torch_dtype=torch.float32, **common)
+    text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder",
+                                                        torch_dtype=torch.float32, **common)
+    return unet, vae, text_encoder
+
+
+def _config_folder(architecture: Architecture, download: bool, debug: bool) -> Path:
+    """The shipped configs of an architecture; if they are missing (a broken install), the same files of its
+    published repo from the local cache, or fetched with download=True."""
+    shipped = architecture.config_dir
+    missing = [f for f in CONFIG_FILES if not (shipped / f).is_file()]
+    if not missing:
+        return shipped
+    from huggingface_hub import snapshot_download
+
+    what = (f"the {architecture.label} configs (the toolkit's copy lacks {shipped / missing[0]}; "
+            f"they are published in {architecture.hub_repo})")
+    try:
+        if download:
+            with quiet_libraries(debug, progress=True):
+                return Path(snapshot_download(architecture.hub_repo, allow_patterns=CONFIG_PATTERNS))
+        with _offline(what, debug):
+            return Path(snapshot_download(architecture.hub_repo, allow_patterns=CONFIG_PATTERNS,
+                                          local_files_only=True))
+    except UserError:
+        raise
+    except Exception as exc:
+        if download:
+            raise UserError(f"could not download {what}: {_first_line(exc)}") from exc
+        raise UserError(f"{what} are not on this machine: reinstall the toolkit, or add --download to fetch "
+                        "them into the Hugging Face cache") from exc
+
+
+# ---------------------------------------------------------------- SDXL: the one place it connects
+
+
+def _load_sdxl_single_file(path: Path, detected: Detected, device, dtype, download: bool, debug: bool) -> Model:
+    """SDXL HOOK (connect at merge): an SDXL base single file is detected here and handed to
+    editing.core.sdxl when that module exists; until then it is refused."""
+    import importlib.util
+
+    if importlib.util.find_spec("editing.core.sdxl") is None:
+        raise UserError(f"{path}: SDXL is detected; SDXL support: not in this version of the toolkit "
+                        "(SD 1.x and 2.x checkpoints load)")
+    from editing.core import sdxl
+
+    return sdxl.load_single_file(path, config=detected.architecture.config_dir, prediction_type=detected.prediction_type,
+                                 device=device, dtype=dtype, debug=debug)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -80,6 +80,7 @@ class Model:
     dtype: torch.dtype = torch.float32
     _fingerprint: str | None = field(default=None, repr=False)
     fast_unet: Callable | None = field(default=None, repr=False)  # a compiled UNet (editing.core.speed), or None
+    notes: dict = field(default_factory=dict)  # how it was loaded, for summary.json (e.g. the prediction type's source)
 
     @property
     def latent_scale(self) -> float:

@@ -2,58 +2,39 @@
 `sd21-random`): same shapes and cost as the released checkpoints, no download. For timing the full-size
 pipeline only: their pictures mean nothing.
 
-The configs below restate the published component configs (runwayml/stable-diffusion-v1-5 and
-stabilityai/stable-diffusion-2-1): UNet2DConditionModel 860 M / 865 M parameters, the SD VAE (83 M), and
-the CLIP ViT-L/14 (SD 1.5) or OpenCLIP ViT-H/14 (SD 2.1, penultimate layer = 23 layers) text encoders.
+They are built from the same shipped configs (editing/assets/configs/) that single checkpoint files load
+with, so they are exactly what a released file becomes: SD 1.5 (UNet 860 M parameters, CLIP ViT-L/14, pad
+with the end token) and SD 2.1-768 (UNet 866 M with upcast attention, the 23 layers of OpenCLIP ViT-H/14
+that SD 2 uses, pad with "!", v-prediction). Both share the SD VAE (83 M).
 """
 from __future__ import annotations
 
+import json
+
 import torch
 
-from editing.core.model import TOKENIZER_DIR, ddim_scheduler
-
-SD_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", scaling_factor=0.18215)
-
-SD_UNET = dict(
-    in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
+from editing.core.checkpoints import SD1, SD2_V, clip_tokenizer
+from editing.core.model import ddim_scheduler
 
 ARCHITECTURES = {
-    "sd15-random": dict(
-        unet=dict(SD_UNET, sample_size=64, cross_attention_dim=768, attention_head_dim=8),
-        vae=dict(SD_VAE, sample_size=512),
-        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  projection_dim=768, hidden_act="quick_gelu"),
-        prediction_type="epsilon"),
-    "sd21-random": dict(
-        unet=dict(SD_UNET, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                  use_linear_projection=True),
-        vae=dict(SD_VAE, sample_size=768),
-        text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-                  projection_dim=512, hidden_act="gelu"),
-        prediction_type="v_prediction"),
+    "sd15-random": dict(architecture=SD1, prediction_type="epsilon"),
+    "sd21-random": dict(architecture=SD2_V, prediction_type="v_prediction"),
 }
 
 
 def build_sd_random(name: str, seed: int = 0):
     """(unet, vae, text_encoder, tokenizer, scheduler) of an SD architecture with seeded random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     spec = ARCHITECTURES[name]
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    folder = spec["architecture"].config_dir
+    tokenizer = clip_tokenizer(folder / "tokenizer")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**spec["unet"])
-        vae = AutoencoderKL(**spec["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, **spec["text"]))
-    base = ddim_scheduler()
-    scheduler = type(base).from_config(base.config, prediction_type=spec["prediction_type"])
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(folder / "text_encoder" / "config.json"))
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = ddim_scheduler(dict(scheduler_config, prediction_type=spec["prediction_type"]))
     return unet, vae, text_encoder, tokenizer, scheduler
