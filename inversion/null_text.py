@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from editing.core.conditioning import Embedding, is_per_step, trainable
 from editing.core.errors import NonFiniteError
 from editing.core.sampling import guided_output
 from editing.core.ddim import DDIMSchedule, sampling_step
@@ -38,13 +39,21 @@ class NullTextConfig:
     lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i): the reference's 1e-2 * (1 - i / 100)
     early_stop: float = 1e-5  # stop a timestep once the loss is below early_stop + i * early_stop_growth
     early_stop_growth: float = 2e-5
+    # SDXL: also optimise the pooled null (1280). Off: the per-step 77 x 2048 null tokens reach every
+    # cross-attention layer and already reconstruct; the pooled null only shifts the time embedding.
+    optimise_pooled: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings; optimise_pooled only when on (so the params, and the fingerprints, of SD records
+        are what they were before SDXL)."""
+        settings = asdict(self)
+        if not self.optimise_pooled:
+            del settings["optimise_pooled"]
+        return settings
 
 
-def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor,
-                   init: torch.Tensor | Sequence[torch.Tensor], schedule: DDIMSchedule, guidance: float,
+def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: Embedding,
+                   init: Embedding | Sequence[Embedding], schedule: DDIMSchedule, guidance: float,
                    config: NullTextConfig = NullTextConfig(), num_steps: int | None = None,
                    disable: bool = False, desc: str = "null-text optimisation") -> list[torch.Tensor]:
     """Optimise the unconditional embeddings of a batch along its inversion trajectory.
@@ -59,7 +68,7 @@ def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor
     if len(trajectory) != steps + 1:
         raise ValueError(f"the trajectory has {len(trajectory)} latents, {steps + 1} expected for {steps} steps")
     num_steps = steps if num_steps is None else num_steps
-    warm_start = isinstance(init, torch.Tensor)
+    warm_start = not is_per_step(init)
     batch = cond.shape[0]
     uncond = (init if warm_start else init[0]).detach().float().clone()  # (B, L, D)
     x = trajectory[-1]
@@ -71,8 +80,10 @@ def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor
         target = trajectory[steps - i - 1]  # the pivot latent one step below
         if not warm_start:
             uncond = init[i].detach().float().clone()
-        uncond.requires_grad_(True)
-        optimiser = torch.optim.Adam([uncond], lr=config.lr * (1.0 - config.lr_decay * i))
+        params = trainable(uncond, config.optimise_pooled)  # [uncond]; SDXL: its tokens (and pooled)
+        for p in params:
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(params, lr=config.lr * (1.0 - config.lr_decay * i))
         with torch.no_grad():
             out_cond = model.unet_output(x, t, cond)  # the conditional prediction, computed once per step
         threshold = config.early_stop + i * config.early_stop_growth

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from editing.core.conditioning import from_named, named_tensors
 from editing.core.errors import UserError
 from editing.core.sampling import Anchors
 
@@ -44,9 +45,11 @@ def fingerprint_parts(image: np.ndarray, prompt: str, model_fingerprint: str, me
     }
 
 
-def embedding_digest(embedding: torch.Tensor) -> str:
-    """Hash of a conditional embedding's fp32 values, for records inverted under a learned embedding."""
-    return _digest(embedding.detach().float().cpu().contiguous().numpy().tobytes())
+def embedding_digest(embedding) -> str:
+    """Hash of a conditional embedding's fp32 values (every part of SDXL's), for records inverted under a
+    learned embedding."""
+    parts = named_tensors("embedding", embedding).values()
+    return _digest(b"".join(p.detach().float().cpu().contiguous().numpy().tobytes() for p in parts))
 
 
 def combine(parts: dict[str, str]) -> str:
@@ -121,8 +124,8 @@ class Inversion:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"x_T": self.x_T}
         for name in ("nulls", "offsets", "trajectory", "cond"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name)
+            if getattr(self, name) is not None:  # SDXL's nulls and cond: + name_pooled, name_time_ids
+                tensors.update(named_tensors(name, getattr(self, name)))
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
         meta = {"format": str(FORMAT_VERSION), "method": self.method, "prompt": self.prompt,
                 "params": json.dumps(self.params), "parts": json.dumps(self.parts),
@@ -154,8 +157,8 @@ class Inversion:
                             f"this version reads {FORMAT_VERSION}): invert the photo again")
         record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
                      params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
-                     nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
-                     trajectory=tensors.get("trajectory"), cond=tensors.get("cond"), timings_s=json.loads(meta.get("timings_s", "{}")))
+                     nulls=from_named(tensors, "nulls"), offsets=tensors.get("offsets"),
+                     trajectory=tensors.get("trajectory"), cond=from_named(tensors, "cond"), timings_s=json.loads(meta.get("timings_s", "{}")))
         if record.fingerprint != meta.get("fingerprint"):
             raise UserError(f"{path} is damaged: its fingerprint does not match its contents")
         return record

@@ -13,6 +13,7 @@ from editing.core.errors import UserError
 from editing.core.model import (DEFAULT_MODEL_DIR, DEFAULT_NAMES, TINY_RANDOM_NAME, Model, _from_pipeline, _place,
                                 build_tiny_model, pick_device, pick_dtype)
 from editing.core.sd_random import ARCHITECTURES, build_sd_random
+from editing.core.sdxl import load_sdxl
 
 
 def _hub_cache_dir() -> str:
@@ -40,6 +41,10 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
         return _place(build_tiny_model(), TINY_RANDOM_NAME, dev, torch_dtype)
     if spec in ARCHITECTURES:
         return _place(build_sd_random(spec), spec, dev, torch_dtype)
+    with _quiet_loading():  # SDXL (sdxl-random, an SDXL diffusers folder): editing/core/sdxl.py
+        sdxl = load_sdxl(spec, dev, torch_dtype)
+    if sdxl is not None:
+        return sdxl
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

@@ -100,7 +100,7 @@ class Model:
         """A short hash of the configs and weights: tells two checkpoints apart, independent of the path."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for module in (self.unet, self.vae, self.text_encoder):
+            for module in self.fingerprint_modules():
                 config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
                 h.update(json.dumps(_model_keys(config), sort_keys=True, default=str).encode())
                 for name, tensor in module.state_dict().items():
@@ -112,14 +112,20 @@ class Model:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Token ids (B, max_tokens). A prompt longer than the encoder takes is an error, never truncated."""
+    def fingerprint_modules(self) -> tuple:
+        """The components whose configs and weights enter the fingerprint."""
+        return self.unet, self.vae, self.text_encoder
+
+    def tokenize(self, prompts: list[str], tokenizer=None) -> torch.Tensor:
+        """Token ids (B, max_tokens) by `tokenizer` (default: the model's). A prompt longer than the encoder
+        takes is an error, never truncated."""
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
         for prompt in prompts:
-            n = len(self.tokenizer(prompt, truncation=False).input_ids)
+            n = len(tokenizer(prompt, truncation=False).input_ids)
             if n > self.max_tokens:
                 raise UserError(f"prompt has {n} tokens, the text encoder takes at most {self.max_tokens} "
                                 f"(start and end tokens included); shorten it: {prompt[:60]!r}...")
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
+        ids = tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
                              truncation=True, return_tensors="pt").input_ids
         return ids.to(self.device)
 
@@ -152,9 +158,12 @@ class Model:
         unet = self.unet if self.fast_unet is None or attention_kwargs is not None else self.fast_unet
         if not torch.is_tensor(t):  # a device tensor (a fill, no host copy): one compiled graph serves every t
             t = torch.full((), t, dtype=torch.int64, device=x.device)
-        out = unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
-                   cross_attention_kwargs=attention_kwargs).sample
+        out = unet(x.to(self.dtype), t, **self.unet_conditioning(cond), cross_attention_kwargs=attention_kwargs).sample
         return out.float()
+
+    def unet_conditioning(self, cond: torch.Tensor) -> dict:
+        """The UNet's keyword arguments for a conditioning (B, L, D), in the UNet's dtype."""
+        return {"encoder_hidden_states": cond.to(self.dtype)}
 
 
 # Config entries that describe how a copy was written, not the model: transformers' save_pretrained sets

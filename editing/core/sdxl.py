@@ -1,0 +1,186 @@
+"""Stable Diffusion XL (Podell et al., "SDXL: Improving Latent Diffusion Models for High-Resolution Image
+Synthesis") as a `Model`: every method of the toolkit runs on it unchanged.
+
+What differs from SD 1.x/2.x, all of it inside this file:
+- two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG (with projection). The token embeddings are both
+  penultimate hidden states side by side (77 x 768 + 77 x 1280 = 77 x 2048); the pooled embedding (1280)
+  is text_encoder_2's projected end-of-text output;
+- micro-conditioning (the paper's 2.2): `time_ids` = original size, crop top-left, target size, each
+  (height, width), enter the UNet's time embedding together with the pooled embedding;
+- `encode_prompts` therefore returns a `TextEmbeds` (editing.core.conditioning), and the UNet is called
+  with `added_cond_kwargs={"text_embeds", "time_ids"}`;
+- the empty prompt: with the pipeline's `force_zeros_for_empty_prompt` (true for the SDXL base release) the
+  unconditional side is all zeros, tokens and pooled (diffusers' null when no negative prompt is given).
+  The toolkit encodes "" only for the unconditional side, so `encode_prompts` zeroes every "" row;
+- the VAE (scaling factor 0.13025 from its config) overflows in fp16 (`force_upcast`): it stays in fp32
+  whatever the UNet's dtype, as every model's VAE does here.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from editing.core.conditioning import TextEmbeds
+from editing.core.errors import UserError
+from editing.core.model import TOKENIZER_DIR, Model, ddim_scheduler
+
+SDXL_PIPELINES = ("StableDiffusionXLPipeline",)  # model_index.json `_class_name` of an SDXL base folder
+SDXL_RANDOM_NAME = "sdxl-random"
+# OpenCLIP's tokenizer (tokenizer_2 of the release) pads with "!" where CLIP's pads with its end token.
+OPENCLIP_PAD_TOKEN = "!"
+
+# The published component configs of stabilityai/stable-diffusion-xl-base-1.0, restated (no download):
+# UNet 2,567,463,684 parameters, VAE 83,653,863, text encoders 123,060,480 and 694,659,840.
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32)
+SDXL_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", sample_size=1024, scaling_factor=0.13025,
+    force_upcast=True)
+SDXL_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 projection_dim=768, hidden_act="quick_gelu")
+SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   projection_dim=1280, hidden_act="gelu")
+
+
+def add_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int],
+                 target_size: tuple[int, int]) -> torch.Tensor:
+    """SDXL's micro-conditioning (6,): (height, width) of the photo before resizing, the top-left corner of
+    the crop in the resized photo, (height, width) of the result."""
+    return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
+
+
+def photo_time_ids(photo_shape: tuple[int, ...], crop, size: int) -> torch.Tensor:
+    """The truthful time ids of a photo prepared by `image_io.prepare_image(photo, size, crop)`: the offsets
+    are cut, the centre square of side s is kept and resized to size, so, as in SDXL's training (resize
+    the short side to the target, then crop), the crop's corner is given in the resized photo's pixels."""
+    height, width = photo_shape[:2]
+    inner_h, inner_w = height - crop.top - crop.bottom, width - crop.left - crop.right
+    side = min(inner_h, inner_w)
+    top, left = crop.top + (inner_h - side) // 2, crop.left + (inner_w - side) // 2
+    scale = size / side
+    return add_time_ids((height, width), (round(top * scale), round(left * scale)), (size, size))
+
+
+@dataclass
+class SDXLModel(Model):
+    """An SDXL base model: the `Model` operations with SDXL's conditioning (see the module docstring)."""
+
+    text_encoder_2: torch.nn.Module | None = None  # CLIPTextModelWithProjection (OpenCLIP ViT-bigG)
+    tokenizer_2: object = None
+    force_zeros_for_empty_prompt: bool = True  # the release's pipeline setting
+
+    def __post_init__(self):
+        if self.text_encoder_2 is None or self.tokenizer_2 is None:
+            raise ValueError("an SDXL model needs text_encoder_2 and tokenizer_2")
+        time_dim = self.unet.config.addition_time_embed_dim * 6
+        pooled_dim = self.text_encoder_2.config.projection_dim
+        expected = self.unet.config.projection_class_embeddings_input_dim
+        if time_dim + pooled_dim != expected:
+            raise UserError(f"this SDXL UNet takes an added embedding of {expected}, but its time ids and the "
+                            f"second text encoder's projection give {time_dim} + {pooled_dim}: the components "
+                            "do not belong together")
+
+    def fingerprint_modules(self) -> tuple:
+        return self.unet, self.vae, self.text_encoder, self.text_encoder_2
+
+    def default_time_ids(self) -> torch.Tensor:
+        """(6,): a photo already at the model's resolution, uncropped (what diffusers uses for generation)."""
+        size = (self.resolution, self.resolution)
+        return add_time_ids(size, (0, 0), size)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> TextEmbeds:
+        """tokens (B, 77, 2048), pooled (B, 1280), time_ids (B, 6) (default: `default_time_ids`), fp32."""
+        tokens = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            out = encoder(self.tokenize(prompts, tokenizer), output_hidden_states=True)
+            tokens.append(out.hidden_states[-2].float())  # the penultimate layer, as SDXL was trained
+        tokens, pooled = torch.cat(tokens, -1), out.text_embeds.float()  # pooled: text_encoder_2's projection
+        if self.force_zeros_for_empty_prompt:
+            empty = torch.tensor([p == "" for p in prompts], device=self.device)
+            tokens = torch.where(empty[:, None, None], 0.0, tokens)
+            pooled = torch.where(empty[:, None], 0.0, pooled)
+        time_ids = self.default_time_ids() if time_ids is None else time_ids
+        time_ids = time_ids.float().to(self.device).reshape(-1, 6).expand(len(prompts), 6)
+        return TextEmbeds(tokens, pooled, time_ids)
+
+    def unet_conditioning(self, cond: TextEmbeds) -> dict:
+        if not isinstance(cond, TextEmbeds):
+            raise TypeError("an SDXL UNet needs SDXL conditioning (tokens, pooled, time ids): got a plain tensor")
+        return {"encoder_hidden_states": cond.tokens.to(self.dtype),
+                "added_cond_kwargs": {"text_embeds": cond.pooled.to(self.dtype),
+                                      "time_ids": cond.time_ids.to(self.dtype)}}
+
+
+def place_sdxl(components: dict, name: str, device, dtype, force_zeros: bool = True) -> SDXLModel:
+    """Put SDXL components (unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler) on
+    the device: the UNet in `dtype`, the VAE and both text encoders in fp32."""
+    unet = components["unet"].to(device).eval().requires_grad_(False)
+    if unet.dtype != dtype:
+        unet = unet.to(dtype)
+    fp32 = lambda m: m.to(device).float().eval().requires_grad_(False)  # noqa: E731
+    return SDXLModel(unet, fp32(components["vae"]), fp32(components["text_encoder"]), components["tokenizer"],
+                     ddim_scheduler(dict(components["scheduler"].config)), name, device, dtype,
+                     text_encoder_2=fp32(components["text_encoder_2"]), tokenizer_2=components["tokenizer_2"],
+                     force_zeros_for_empty_prompt=force_zeros)
+
+
+def is_sdxl_folder(path: Path) -> bool:
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return False
+    try:
+        return json.loads(index.read_text()).get("_class_name") in SDXL_PIPELINES
+    except (OSError, ValueError):
+        return False
+
+
+def load_sdxl(spec: str | None, device, dtype) -> SDXLModel | None:
+    """The loader's SDXL hook: `sdxl-random`, or a diffusers SDXL folder; None for anything else."""
+    if spec == SDXL_RANDOM_NAME:
+        return place_sdxl(build_sdxl_random(), SDXL_RANDOM_NAME, device, dtype)
+    if spec is None or not is_sdxl_folder(Path(spec).expanduser()):
+        return None
+    from diffusers import StableDiffusionXLPipeline
+
+    path = Path(spec).expanduser()
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the SDXL model in {path}: {str(exc).splitlines()[0]}") from exc
+    components = dict(pipe.components)
+    return place_sdxl(components, str(path), device, dtype, bool(pipe.config.force_zeros_for_empty_prompt))
+
+
+def build_sdxl_random(seed: int = 0) -> dict:
+    """The SDXL base architecture with seeded random weights (for timings: its pictures mean nothing).
+    Build it under `with torch.device("meta"):` to count parameters without memory."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token=OPENCLIP_PAD_TOKEN)
+
+    def text_config(spec, tok):
+        return CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=tok.model_max_length,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id, **spec)
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        vae = AutoencoderKL(**SDXL_VAE)
+        text_encoder = CLIPTextModel(text_config(SDXL_TEXT, tokenizer))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(SDXL_TEXT_2, tokenizer_2))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=ddim_scheduler())
