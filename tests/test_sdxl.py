@@ -298,3 +298,53 @@ def test_cli_on_an_sdxl_folder_writes_the_full_contract(sdxl_folder, tmp_path):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == str(sdxl_folder) and summary["reconstruction_psnr_db"] > 0
+
+
+# ---------------------------------------------------------------- the Imagic family
+
+
+FAST_NTI = InversionConfig(method="null-text", steps=4, null_text=NullTextConfig(inner_steps=2), keep_trajectory=True)
+
+
+def test_learned_embedding_on_sdxl(model, session_photos, tmp_path):
+    from editing.embedding import EmbeddingConfig
+    from editing.learned_embedding import LearnedEmbeddingConfig, edit_learned_embedding
+
+    config = LearnedEmbeddingConfig(embedding=EmbeddingConfig(steps=3, lr=1e-2), eta=0.5, interp_steps=2)
+    result = edit_learned_embedding(model, session_photos[0], "a photo of a dog", config, FAST_NTI,
+                                    torch.Generator().manual_seed(0), sweep=[(0.0, 0)], disable=True)
+    e_tgt = model.encode_prompts(["a photo of a dog"])
+    # theta = tokens and pooled; the time ids stay the image's
+    assert (result.e_opt.tokens - e_tgt.tokens).abs().amax() > 1e-3
+    assert (result.e_opt.pooled - e_tgt.pooled).abs().amax() > 1e-3
+    assert torch.equal(result.e_opt.time_ids, e_tgt.time_ids)
+    assert np.array_equal(result.sweep[0], result.reconstruction)  # (0, 0) is the e_opt reconstruction
+    # the record carries the learned conditioning, all three parts, through a file
+    loaded = Inversion.load(result.record.save(tmp_path / "le.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.cond.parts(), result.record.cond.parts()))
+    assert "embedding" in loaded.parts
+
+
+def test_null_finetune_k0_on_sdxl_is_the_plain_path(model, session_photos):
+    from editing.null_finetune import NullFinetuneConfig, edit_null_finetune
+
+    record = invert(model, session_photos[:1], [PROMPT], FAST_NTI, disable=True)[0]
+    same = edit_null_finetune(model, record, session_photos[0], PROMPT, NullFinetuneConfig(steps=0), disable=True)
+    plain = reconstruct(model, [record], disable=True)[0]
+    assert np.abs(same.edit.astype(int) - plain.astype(int)).max() <= 1
+    tuned = edit_null_finetune(model, record, session_photos[0], "a photo of a dog",
+                               NullFinetuneConfig(steps=2, null_text=NullTextConfig(inner_steps=2)), disable=True)
+    assert len(tuned.finetuned) == 2 and isinstance(tuned.finetuned[0], TextEmbeds)
+
+
+def test_imagic_on_sdxl_leaves_the_weights_unchanged(model, session_photos):
+    from editing.embedding import EmbeddingConfig
+    from editing.imagic import ImagicConfig, edit_imagic
+
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    config = ImagicConfig(embedding=EmbeddingConfig(steps=2, lr=1e-3, l2=0.0),
+                          unet=EmbeddingConfig(steps=2, lr=1e-2, l2=0.0), eta=0.5)
+    result = edit_imagic(model, session_photos[0], "a photo of a dog", config, steps=3, guidance=GUIDANCE,
+                         generator=torch.Generator().manual_seed(0), sweep=[0.0], disable=True)
+    assert all(torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
+    assert len(result.losses["unet"]) == 2 and np.array_equal(result.sweep[0], result.reconstruction)
