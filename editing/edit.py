@@ -54,7 +54,7 @@ def p2p_config(request: EditRequest, model, crop: Crop) -> P2PConfig:
                             start=request.blend_start, subtract_words=list(request.blend_subtract),
                             mask=load_mask(request.mask, crop, model) if request.mask else None)
     return P2PConfig(edit=request.edit, cross_replace=cross, self_replace=request.self_replace,
-                     reweight=dict(request.reweight), blend=blend)
+                     reweight=dict(request.reweight), blend=blend, **model.attention_limits())
 
 
 def embedding_config(request: EditRequest, default: EmbeddingConfig) -> EmbeddingConfig:

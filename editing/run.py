@@ -29,7 +29,7 @@ from pathlib import Path
 
 from editing.cli import EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.loading import load_model
-from editing.core.image_io import load_image
+from editing.core.image_io import prepare_image, read_image
 from editing.core.model import DTYPES
 from editing.core.speed import add_speed_options, apply_speed, speed_options
 from editing.edit import run_edit
@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     request = request_from_args(args)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     apply_speed(model, speed_options(args))
-    image = load_image(args.image, model.resolution, request.crop)
-    summary = run_edit(model, image, request, Path(args.out))
+    photo = read_image(args.image)
+    image = prepare_image(photo, model.resolution, request.crop)
+    summary = run_edit(model.for_photo(photo.shape, request.crop), image, request, Path(args.out))
     print(f"wrote {args.out}/ (reconstruction PSNR {summary['reconstruction_psnr_db']} dB, "
           f"total {summary['timings_s']['total']} s)")
     return EXIT_OK

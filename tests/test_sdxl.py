@@ -18,7 +18,7 @@ from attention.processors import ControlledAttnProcessor
 from editing.core.conditioning import TextEmbeds
 from editing.core.ddim import DDIMSchedule
 from editing.core.sampling import sample
-from editing.core.sdxl import (SDXL_RANDOM_NAME, SDXLModel, add_time_ids, build_sdxl_random, photo_time_ids)
+from editing.core.sdxl import (SDXL_RANDOM_NAME, SDXLModel, add_time_ids, build_sdxl_random, time_ids_of_photo)
 from editing.p2p import edit_conditioning, edit_p2p
 from inversion.ddim import ddim_inversion
 from inversion.invert import InversionConfig, invert, reconstruct, source_conditioning
@@ -103,9 +103,9 @@ def test_time_ids_state_the_photo_and_its_crop():
 
     assert add_time_ids((768, 1024), (0, 128), (1024, 1024)).tolist() == [768, 1024, 0, 128, 1024, 1024]
     # a 480 x 640 photo: the centre 480 x 480 square is kept, 80 px from the left; resized x 1024/480
-    ids = photo_time_ids((480, 640, 3), Crop(), 1024)
+    ids = time_ids_of_photo((480, 640, 3), Crop(), 1024)
     assert ids.tolist() == [480, 640, 0, round(80 * 1024 / 480), 1024, 1024]
-    ids = photo_time_ids((480, 640, 3), Crop(top=40, bottom=40), 1024)  # 400 high: square side 400
+    ids = time_ids_of_photo((480, 640, 3), Crop(top=40, bottom=40), 1024)  # 400 high: square side 400
     assert ids.tolist() == [480, 640, round(40 * 1024 / 400), round(120 * 1024 / 400), 1024, 1024]
 
 
@@ -348,3 +348,32 @@ def test_imagic_on_sdxl_leaves_the_weights_unchanged(model, session_photos):
                          generator=torch.Generator().manual_seed(0), sweep=[0.0], disable=True)
     assert all(torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
     assert len(result.losses["unet"]) == 2 and np.array_equal(result.sweep[0], result.reconstruction)
+
+
+def test_the_photo_s_size_and_crop_reach_every_prompt(model):
+    from editing.core.image_io import Crop
+
+    photo_model = model.for_photo((480, 640, 3), Crop())
+    expected = time_ids_of_photo((480, 640, 3), Crop(), model.resolution)
+    source, null = photo_model.encode_prompts([PROMPT]), photo_model.encode_prompts([""])
+    assert torch.equal(source.time_ids[0], expected) and torch.equal(null.time_ids[0], expected)
+    assert photo_model.unet is model.unet and model.photo_time_ids is None  # shared, the original untouched
+    x = torch.zeros(1, 4, 16, 16)
+    assert not torch.equal(photo_model.unet_output(x, 500, source), model.unet_output(x, 500, model.encode_prompts([PROMPT])))
+
+
+def test_sdxl_attention_limits_keep_both_resolutions_and_heatmaps_work(model, p2p_record, session_photos):
+    from attention.heatmaps import cross_attention_heatmaps
+
+    limits = model.attention_limits()  # the 16 x 16 latents: maps up to 8 x 8, self-attention injected at 4 x 4
+    assert limits == {"store_max_tokens": 8 * 8, "self_replace_max_tokens": 4 * 4}
+    targets = ["a tiger sitting on a mirror"]
+    controller = Checked(p2p_record.prompt, targets, model.tokenizer, P2P_STEPS,
+                         P2PConfig(edit="replace", cross_replace=1.0, self_replace=1.0, **limits))
+    schedule = DDIMSchedule.from_scheduler(model.scheduler, P2P_STEPS)
+    sample(model, p2p_record.x_T[None].expand(2, -1, -1, -1), edit_conditioning(model, p2p_record, targets),
+           schedule, p2p_record.guidance, controller=controller, disable=True)
+    assert {c["base"].shape[1] for c in controller.calls if not c["is_cross"]} == {4 * 4}
+    assert {m.shape[1] for m in controller.average("cross")} == {8 * 8, 4 * 4}
+    images, captions = cross_attention_heatmaps(controller, 0, p2p_record.prompt, model.tokenizer, session_photos[0])
+    assert captions == ["a", "cat", "sitting", "on", "a", "mirror"] and images[0].shape == session_photos[0].shape

@@ -112,6 +112,15 @@ class Model:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    def for_photo(self, photo_shape: tuple[int, ...], crop) -> "Model":
+        """The model to edit a photo of this shape (H, W, ...) prepared with this crop: SD ignores both;
+        SDXL conditions on them (editing.core.sdxl)."""
+        return self
+
+    def attention_limits(self) -> dict:
+        """Prompt-to-Prompt's map-size limits for this model (P2PConfig fields); {} keeps the reference's."""
+        return {}
+
     def fingerprint_modules(self) -> tuple:
         """The components whose configs and weights enter the fingerprint."""
         return self.unet, self.vae, self.text_encoder

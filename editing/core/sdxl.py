@@ -18,7 +18,7 @@ What differs from SD 1.x/2.x, all of it inside this file:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -59,7 +59,7 @@ def add_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int],
     return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
 
 
-def photo_time_ids(photo_shape: tuple[int, ...], crop, size: int) -> torch.Tensor:
+def time_ids_of_photo(photo_shape: tuple[int, ...], crop, size: int) -> torch.Tensor:
     """The truthful time ids of a photo prepared by `image_io.prepare_image(photo, size, crop)`: the offsets
     are cut, the centre square of side s is kept and resized to size, so, as in SDXL's training (resize
     the short side to the target, then crop), the crop's corner is given in the resized photo's pixels."""
@@ -78,6 +78,7 @@ class SDXLModel(Model):
     text_encoder_2: torch.nn.Module | None = None  # CLIPTextModelWithProjection (OpenCLIP ViT-bigG)
     tokenizer_2: object = None
     force_zeros_for_empty_prompt: bool = True  # the release's pipeline setting
+    photo_time_ids: torch.Tensor | None = None  # (6,) of the photo being edited (`for_photo`); None: default
 
     def __post_init__(self):
         if self.text_encoder_2 is None or self.tokenizer_2 is None:
@@ -90,11 +91,27 @@ class SDXLModel(Model):
                             f"second text encoder's projection give {time_dim} + {pooled_dim}: the components "
                             "do not belong together")
 
+    def attention_limits(self) -> dict:
+        """The reference's rule at SD's 512 px (maps kept up to half the latent side, 32 x 32; self-attention
+        injected up to a quarter, 16 x 16), applied to SDXL's latents: at 1024 px the maps of both attention
+        resolutions that exist, 64 x 64 and 32 x 32, are kept, and self-attention is injected at 32 x 32
+        (SDXL has no 16 x 16 attention, so the SD limits would inject none)."""
+        side = self.resolution // self.vae_scale_factor
+        return {"store_max_tokens": (side // 2) ** 2, "self_replace_max_tokens": (side // 4) ** 2}
+
     def fingerprint_modules(self) -> tuple:
         return self.unet, self.vae, self.text_encoder, self.text_encoder_2
 
+    def for_photo(self, photo_shape: tuple[int, ...], crop) -> "SDXLModel":
+        """The same model (components shared, nothing copied) whose prompts carry the photo's true size
+        and crop as time ids, for the source and the edits alike."""
+        return replace(self, photo_time_ids=time_ids_of_photo(photo_shape, crop, self.resolution))
+
     def default_time_ids(self) -> torch.Tensor:
-        """(6,): a photo already at the model's resolution, uncropped (what diffusers uses for generation)."""
+        """(6,): the photo's (`for_photo`); else a picture at the model's resolution, uncropped (what
+        diffusers uses for generation)."""
+        if self.photo_time_ids is not None:
+            return self.photo_time_ids
         size = (self.resolution, self.resolution)
         return add_time_ids(size, (0, 0), size)
 
