@@ -377,3 +377,42 @@ def test_sdxl_attention_limits_keep_both_resolutions_and_heatmaps_work(model, p2
     assert {m.shape[1] for m in controller.average("cross")} == {8 * 8, 4 * 4}
     images, captions = cross_attention_heatmaps(controller, 0, p2p_record.prompt, model.tokenizer, session_photos[0])
     assert captions == ["a", "cat", "sitting", "on", "a", "mirror"] and images[0].shape == session_photos[0].shape
+
+
+# ---------------------------------------------------------------- multiresolution textual inversion
+
+
+def test_multires_on_sdxl_trains_rows_for_both_encoders_and_loads_in_diffusers(model, session_photos, tmp_path):
+    """n = 1 is standard textual inversion: the file has SDXL's two-key form, diffusers' SDXL pipeline loads
+    it with load_textual_inversion (once per encoder), and its prompt encoding equals ours."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from editing.multires import TrainConfig, encode_prompt, load_concept, save_concept, train_concept
+    from editing.multires_prompt import parse_prompt
+
+    before = {k: v.clone() for k, v in model.text_encoder_2.state_dict().items()}
+    concept, losses = train_concept(model, session_photos[:1], "jane", "dog",
+                                    TrainConfig(scales=1, steps=3, lr=0.05, batch=1, crops=0), disable=True)
+    assert concept.rows.shape == (1, 2 * TEXT_DIM) and concept.encoder_dims == (TEXT_DIM, TEXT_DIM)
+    init = model.input_embeddings(torch.tensor([[model.tokenizer("dog", add_special_tokens=False).input_ids[0]]]))
+    assert (concept.rows[0, :TEXT_DIM] - init[0, 0, :TEXT_DIM]).abs().amax() > 1e-3  # both halves learned
+    assert (concept.rows[0, TEXT_DIM:] - init[0, 0, TEXT_DIM:]).abs().amax() > 1e-3
+    assert all(torch.equal(v, before[k]) for k, v in model.text_encoder_2.state_dict().items())
+    path = tmp_path / "jane.safetensors"
+    save_concept(path, concept)
+    tensors = load_file(str(path))
+    assert sorted(tensors) == ["clip_g", "clip_l"] and tensors["clip_l"].shape == (1, TEXT_DIM)
+    loaded = load_concept(path)
+    assert torch.equal(loaded.rows, concept.rows) and loaded.encoder_dims == concept.encoder_dims
+
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(), force_zeros_for_empty_prompt=True)  # fresh parts
+    pipe.load_textual_inversion(tensors["clip_l"], token="<jane>", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(tensors["clip_g"], token="<jane>", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    prompt = "a photo of <jane> on the mat"
+    tokens, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+    ours = encode_prompt(model, parse_prompt(prompt), [concept.rows[0]])
+    torch.testing.assert_close(ours.tokens, tokens, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.pooled, pooled, rtol=0, atol=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -143,6 +144,21 @@ class Model:
         """Text-encoder output (B, max_tokens, dim), fp32."""
         return self.text_encoder(self.tokenize(prompts))[0].float()
 
+    def input_embedding_dims(self) -> tuple[int, ...]:
+        """The width of each text encoder's token-embedding table (textual inversion's rows are their concatenation)."""
+        return (self.text_encoder.get_input_embeddings().embedding_dim,)
+
+    def input_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's input embeddings (B, L, D) of token ids (B, L), before position embeddings, fp32."""
+        with torch.no_grad():
+            return self.text_encoder.get_input_embeddings()(ids).float()
+
+    def encode_input_embeddings(self, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """`encode_prompts` of token ids (B, L) whose input embeddings are `embeds` (B, L, D); differentiable
+        in `embeds` (textual inversion)."""
+        with input_embeddings_replaced(self.text_encoder, embeds):
+            return self.text_encoder(ids)[0].float()
+
     @torch.no_grad()
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 RGB (B, H, W, 3) -> scaled latents (B, C, H/f, W/f), fp32 (the posterior mean, as NTI does)."""
@@ -173,6 +189,26 @@ class Model:
     def unet_conditioning(self, cond: torch.Tensor) -> dict:
         """The UNet's keyword arguments for a conditioning (B, L, D), in the UNet's dtype."""
         return {"encoder_hidden_states": cond.to(self.dtype)}
+
+
+@contextmanager
+def input_embeddings_replaced(text_encoder, embeds: torch.Tensor):
+    """Inside the block, the encoder's token-embedding layer returns `embeds` instead of its table lookup.
+
+    A forward hook, removed in `finally`: the table and the tokenizer stay as they are, and gradients reach
+    `embeds`. Works for any text encoder with get_input_embeddings() (transformers' CLIPTextModel takes no
+    inputs_embeds argument).
+    """
+    def replace(module, args, output):
+        if output.shape != embeds.shape:
+            raise ValueError(f"input embeddings {tuple(embeds.shape)} do not match the ids {tuple(output.shape)}")
+        return embeds.to(output.dtype)
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # Config entries that describe how a copy was written, not the model: transformers' save_pretrained sets

@@ -18,6 +18,7 @@ What differs from SD 1.x/2.x, all of it inside this file:
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 
 from editing.core.conditioning import TextEmbeds
 from editing.core.errors import UserError
-from editing.core.model import TOKENIZER_DIR, Model, ddim_scheduler
+from editing.core.model import TOKENIZER_DIR, Model, ddim_scheduler, input_embeddings_replaced
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline",)  # model_index.json `_class_name` of an SDXL base folder
 SDXL_RANDOM_NAME = "sdxl-random"
@@ -118,18 +119,44 @@ class SDXLModel(Model):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> TextEmbeds:
         """tokens (B, 77, 2048), pooled (B, 1280), time_ids (B, 6) (default: `default_time_ids`), fp32."""
-        tokens = []
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            out = encoder(self.tokenize(prompts, tokenizer), output_hidden_states=True)
-            tokens.append(out.hidden_states[-2].float())  # the penultimate layer, as SDXL was trained
-        tokens, pooled = torch.cat(tokens, -1), out.text_embeds.float()  # pooled: text_encoder_2's projection
+        e = self._encode(self.tokenize(prompts), self.tokenize(prompts, self.tokenizer_2), None, time_ids)
         if self.force_zeros_for_empty_prompt:
             empty = torch.tensor([p == "" for p in prompts], device=self.device)
-            tokens = torch.where(empty[:, None, None], 0.0, tokens)
-            pooled = torch.where(empty[:, None], 0.0, pooled)
+            e = TextEmbeds(torch.where(empty[:, None, None], 0.0, e.tokens),
+                           torch.where(empty[:, None], 0.0, e.pooled), e.time_ids)
+        return e
+
+    def _encode(self, ids: torch.Tensor, ids_2: torch.Tensor, embeds: torch.Tensor | None,
+                time_ids: torch.Tensor | None) -> TextEmbeds:
+        """Both encoders on their token ids (B, 77), optionally with input embeddings (B, 77, 768 + 1280)."""
+        tokens, split = [], (0, *self.input_embedding_dims())
+        for k, (encoder, encoder_ids) in enumerate(((self.text_encoder, ids), (self.text_encoder_2, ids_2))):
+            replaced = nullcontext() if embeds is None else input_embeddings_replaced(
+                encoder, embeds[..., split[k]:split[k] + split[k + 1]])
+            with replaced:
+                out = encoder(encoder_ids, output_hidden_states=True)
+            tokens.append(out.hidden_states[-2].float())  # the penultimate layer, as SDXL was trained
+        tokens, pooled = torch.cat(tokens, -1), out.text_embeds.float()  # pooled: text_encoder_2's projection
         time_ids = self.default_time_ids() if time_ids is None else time_ids
-        time_ids = time_ids.float().to(self.device).reshape(-1, 6).expand(len(prompts), 6)
+        time_ids = time_ids.float().to(self.device).reshape(-1, 6).expand(len(ids), 6)
         return TextEmbeds(tokens, pooled, time_ids)
+
+    def input_embedding_dims(self) -> tuple[int, ...]:
+        return tuple(e.get_input_embeddings().embedding_dim for e in (self.text_encoder, self.text_encoder_2))
+
+    def ids_for_tokenizer_2(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids of the first tokenizer (B, L) as the second writes them: one vocabulary, but OpenCLIP
+        pads after the end token with its own pad token, where CLIP repeats the end token."""
+        after_end = (ids == self.tokenizer.eos_token_id).cumsum(-1) > 1
+        return torch.where(after_end, self.tokenizer_2.pad_token_id, ids)
+
+    def input_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.text_encoder.get_input_embeddings()(ids),
+                              self.text_encoder_2.get_input_embeddings()(self.ids_for_tokenizer_2(ids))], -1).float()
+
+    def encode_input_embeddings(self, ids: torch.Tensor, embeds: torch.Tensor) -> TextEmbeds:
+        return self._encode(ids, self.ids_for_tokenizer_2(ids), embeds, None)
 
     def unet_conditioning(self, cond: TextEmbeds) -> dict:
         if not isinstance(cond, TextEmbeds):
