@@ -14,6 +14,18 @@ Batched: every row is an image with its own embeddings, learning rate schedule a
 may run in half precision; the embeddings, the Adam state and the loss stay in fp32. With a compiled UNet
 (editing.core.speed) every inner step runs the whole batch, so one graph serves all of it; rows that stopped
 early keep their embedding, so the results are those of the plain path, which runs only the active rows.
+
+SDXL (editing.core.sdxl): the unconditional side is tokens (77 x 2048), a pooled embedding (1280) and the
+time ids. What is optimised per step is the null tokens: they enter every cross-attention layer, the place
+where the paper's null embedding acts and where Prompt-to-Prompt edits. The pooled null is optional
+(`optimise_pooled`, off): it enters only the time embedding, one global shift of every resnet block, and
+Adam moves each of its entries by about lr per inner step whatever the gradient's size, so after a run its
+entries stand near +-1 (measured 0.95) where the release's null is all zeros, for the target branches too.
+On the tiny SDXL-shaped test model (tests/sdxl_tiny.py; 10 steps, guidance 7.5, the default settings) it
+lowers the reconstruction's latent error by a further fifth (chelsea 0.024 -> 0.019, astronaut 0.028 ->
+0.023, coffee 0.032 -> 0.026; DDIM 0.057 / 0.072 / 0.064), at no extra UNet calls: worth turning on when
+the reconstruction matters more than editability, which a random model cannot measure. The time ids are
+never optimised: they state the photo's size and crop.
 """
 from __future__ import annotations
 
@@ -39,9 +51,7 @@ class NullTextConfig:
     lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i): the reference's 1e-2 * (1 - i / 100)
     early_stop: float = 1e-5  # stop a timestep once the loss is below early_stop + i * early_stop_growth
     early_stop_growth: float = 2e-5
-    # SDXL: also optimise the pooled null (1280). Off: the per-step 77 x 2048 null tokens reach every
-    # cross-attention layer and already reconstruct; the pooled null only shifts the time embedding.
-    optimise_pooled: bool = False
+    optimise_pooled: bool = False  # SDXL: also optimise the pooled null (see the module docstring: off)
 
     def to_dict(self) -> dict:
         """The settings; optimise_pooled only when on (so the params, and the fingerprints, of SD records
