@@ -359,7 +359,8 @@ def test_the_photo_s_size_and_crop_reach_every_prompt(model):
     assert torch.equal(source.time_ids[0], expected) and torch.equal(null.time_ids[0], expected)
     assert photo_model.unet is model.unet and model.photo_time_ids is None  # shared, the original untouched
     x = torch.zeros(1, 4, 16, 16)
-    assert not torch.equal(photo_model.unet_output(x, 500, source), model.unet_output(x, 500, model.encode_prompts([PROMPT])))
+    plain = model.unet_output(x, 500, model.encode_prompts([PROMPT]))
+    assert not torch.equal(photo_model.unet_output(x, 500, source), plain)  # the time ids reach the UNet
 
 
 def test_sdxl_attention_limits_keep_both_resolutions_and_heatmaps_work(model, p2p_record, session_photos):

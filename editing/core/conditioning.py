@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: == of tensors has no single truth value
 class TextEmbeds:
     """SDXL's conditioning: tokens (*lead, L, D), pooled (*lead, P), time_ids (*lead, 6).
 
