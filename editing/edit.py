@@ -22,7 +22,7 @@ from editing.core.files import write_json
 from editing.core.image_io import Crop, image_grid, prepare_image, read_image, save_image
 from editing.core.metrics import peak_memory_mb, psnr
 from editing.core.model import DTYPES
-from editing.core.speed import speed_summary
+from editing.core.speed import speed_summary, unet_checkpointing
 from editing.embedding import EmbeddingConfig
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
     DEFAULT_UNET as IMAGIC_UNET, ImagicConfig, edit_imagic
@@ -226,7 +226,8 @@ def edit(model, image: np.ndarray, request: EditRequest, invert_source=default_i
     runner, the web page) supply cached inversions.
     """
     torch.manual_seed(request.seed)
-    return METHODS[request.method](model, image, request, invert_source, request.quiet)
+    with unet_checkpointing(model.unet, request.gradient_checkpointing):
+        return METHODS[request.method](model, image, request, invert_source, request.quiet)
 
 
 def run_edit(model, image: np.ndarray, request: EditRequest, out: Path, invert_source=default_invert) -> dict:

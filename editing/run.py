@@ -95,7 +95,8 @@ def build_parser() -> Parser:
     g.add_argument("--unet-lr", type=float, default=None,
                    help=f"imagic: UNet learning rate (default {IMAGIC_UNET.lr:g})")
     g.add_argument("--gradient-checkpointing", action="store_true",
-                   help="imagic: recompute UNet activations in fine-tuning (less memory, slower)")
+                   help="recompute UNet activations in every backward pass: null-text inversion, embedding "
+                        "optimisation, imagic's fine-tuning (less memory, slower, same results)")
     g.add_argument("--sweep", action="store_true",
                    help="also write sweep.png: eta x N grid (learned-embedding), K strip (null-finetune), "
                         "eta strip (imagic)")

@@ -287,17 +287,21 @@ def test_cli_on_an_sdxl_folder_writes_the_full_contract(sdxl_folder, tmp_path):
 
     from editing.core.image_io import save_image
 
-    save_image(tmp_path / "cat.png", skimage.data.chelsea()[:200, :200])
+    save_image(tmp_path / "cat.png", skimage.data.chelsea()[:200, :300])  # 200 x 300: the centre square cut
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "editing.run", "--model", str(sdxl_folder), "--image",
                           str(tmp_path / "cat.png"), "--source-prompt", "a cat sitting on a mirror",
                           "--target-prompt", "a tiger sitting on a mirror", "--steps", "3", "--inner-steps", "2",
-                          "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--device", "cpu", "--save-inversion", str(tmp_path / "inv.safetensors"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     for name in ("source.png", "reconstruction.png", "edit.png", "grid.png", "summary.json"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == str(sdxl_folder) and summary["reconstruction_psnr_db"] > 0
+    # the photo's size and crop reached the conditioning: 200 x 300, the square 50 px from the left, at 64 px
+    nulls = Inversion.load(tmp_path / "inv.safetensors").nulls
+    assert nulls.time_ids.tolist() == [[200, 300, 0, 16, 64, 64]] * 3
 
 
 # ---------------------------------------------------------------- the Imagic family
@@ -417,3 +421,34 @@ def test_multires_on_sdxl_trains_rows_for_both_encoders_and_loads_in_diffusers(m
     ours = encode_prompt(model, parse_prompt(prompt), [concept.rows[0]])
     torch.testing.assert_close(ours.tokens, tokens, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours.pooled, pooled, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def saved_bytes(model, cond) -> int:
+    """Bytes one UNet call keeps for its backward pass, gradients flowing to the null tokens (an NTI step)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    tokens = cond.tokens.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.unet_output(torch.zeros(1, 4, 16, 16), 500, TextEmbeds(tokens, cond.pooled, cond.time_ids))
+    return total[0]
+
+
+def test_gradient_checkpointing_keeps_less_for_backward_and_changes_nothing(model, session_photos):
+    from editing.core.speed import unet_checkpointing
+
+    null = model.encode_prompts([""])
+    plain = saved_bytes(model, null)
+    config = InversionConfig(method="null-text", steps=2, guidance=GUIDANCE, null_text=NullTextConfig(inner_steps=2))
+    reference = invert(model, session_photos[:1], [PROMPT], config, disable=True)[0]
+    with unet_checkpointing(model.unet):
+        assert saved_bytes(model, null) < plain / 4
+        record = invert(model, session_photos[:1], [PROMPT], config, disable=True)[0]
+    assert not model.unet.is_gradient_checkpointing  # restored
+    torch.testing.assert_close(record.nulls.tokens, reference.nulls.tokens, rtol=0, atol=1e-6)
