@@ -142,6 +142,7 @@ class P2PConfig:
     reweight: dict[str, float] = field(default_factory=dict)  # target word -> attention scale
     blend: BlendConfig | None = None
     self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS
+    store_max_tokens: int = STORE_MAX_TOKENS  # the largest maps kept (local blend, heatmaps)
 
     def __post_init__(self):
         if self.edit not in EDIT_MODES:
@@ -197,7 +198,7 @@ class PromptToPrompt(AttentionStore):
     """Replace / Refine cross-attention injection, self-attention injection, Reweight and LocalBlend."""
 
     def __init__(self, source: str, targets: list[str], tokenizer, steps: int, config: P2PConfig = P2PConfig()):
-        super().__init__(n_prompts=1 + len(targets))
+        super().__init__(n_prompts=1 + len(targets), max_tokens=config.store_max_tokens)
         self.config = config
         self.mode = resolve_edit(source, targets, config.edit)
         if self.mode == "replace":

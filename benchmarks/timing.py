@@ -69,6 +69,7 @@ from editing.core.loading import load_model
 from editing.core.metrics import peak_memory_mb, reset_peak_memory
 from editing.core.model import TINY_RANDOM_NAME
 from editing.core.sd_random import ARCHITECTURES
+from editing.core.sdxl import SDXL_RANDOM_NAME
 from editing.core.speed import add_speed_options, apply_speed, speed_options, speed_summary
 from editing.methods import default_invert, inversion_config, run_edit
 from editing.imagic import DEFAULT_EMBEDDING
@@ -120,8 +121,8 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m benchmarks.timing", description=__doc__,
                formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=110))
     p.add_argument("--model", default=None,
-                   help="default (the embedded model), tiny-random, sd15-random / sd21-random (the real SD "
-                        "architectures with random weights: real timings, meaningless pictures), a diffusers "
+                   help="default (the embedded model), tiny-random, sd15-random / sd21-random / sdxl-random (the real "
+                        "SD / SDXL architectures with random weights: real timings, meaningless pictures), a diffusers "
                         "folder, a .safetensors/.ckpt file or a cached hub id")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS, metavar="METHOD",
                    help=f"methods to time (default all: {' '.join(ALL_METHODS)})")
@@ -435,7 +436,7 @@ def environment(model, options, argv) -> dict:
 
 
 def random_weights(model) -> bool:
-    return model.name == TINY_RANDOM_NAME or model.name in ARCHITECTURES
+    return model.name == TINY_RANDOM_NAME or model.name in ARCHITECTURES or model.name == SDXL_RANDOM_NAME
 
 
 def fmt(value, digits: int = 3) -> str:

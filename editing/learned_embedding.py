@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from editing.embedding import EmbeddingConfig, optimise_embedding
+from editing.core.conditioning import trainable
 from editing.core.errors import UserError
 from editing.core.sampling import Conditioning, sample
 from editing.core.ddim import DDIMSchedule
@@ -66,8 +67,10 @@ def learn_embedding(model, image: np.ndarray, prompt: str, config: EmbeddingConf
     e_tgt = model.encode_prompts([prompt])  # (1, L, D)
     latents = model.encode_images(image[None])  # (1, C, h, w)
     e_opt = e_tgt.clone()
-    losses = optimise_embedding(model, latents, [e_opt], lambda t: e_opt.expand(len(t), -1, -1), config,
-                                anchors=[e_tgt], generator=generator, disable=disable,
+    # theta is the whole text conditioning: the tensor, or SDXL's tokens and pooled embedding (not the time ids)
+    losses = optimise_embedding(model, latents, trainable(e_opt, pooled=True),
+                                lambda t: e_opt.expand(len(t), -1, -1), config,
+                                anchors=trainable(e_tgt, pooled=True), generator=generator, disable=disable,
                                 desc="embedding optimisation")
     return e_tgt, e_opt.detach(), losses
 

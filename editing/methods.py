@@ -25,7 +25,7 @@ from editing.core.image_io import MAX_IMAGE_PIXELS, Crop, image_grid, prepare_im
 from editing.core.metrics import peak_memory_mb, psnr
 from editing.core.outputs import OutputFolder, refuse_input
 from editing.core.model import DTYPES
-from editing.core.speed import speed_summary
+from editing.core.speed import speed_summary, unet_checkpointing
 from editing.embedding import EmbeddingConfig
 from editing.finetune_embedding import FinetuneEmbeddingConfig, edit_finetune_embedding
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
@@ -58,7 +58,7 @@ def p2p_config(request: EditRequest, model, crop: Crop) -> P2PConfig:
                             start=request.blend_start, subtract_words=list(request.blend_subtract),
                             mask=load_mask(request.mask, crop, model, request.max_pixels) if request.mask else None)
     return P2PConfig(edit=request.edit, cross_replace=cross, self_replace=request.self_replace,
-                     reweight=dict(request.reweight), blend=blend)
+                     reweight=dict(request.reweight), blend=blend, **model.attention_limits())
 
 
 def embedding_config(request: EditRequest, default: EmbeddingConfig) -> EmbeddingConfig:
@@ -272,7 +272,8 @@ def edit(model, image: np.ndarray, request: EditRequest, invert_source=default_i
     """
     check_for_model(request, model)
     torch.manual_seed(request.seed)
-    return METHODS[request.method](model, image, request, invert_source, request.quiet)
+    with unet_checkpointing(model.unet, request.gradient_checkpointing):
+        return METHODS[request.method](model, image, request, invert_source, request.quiet)
 
 
 def check_for_model(request: EditRequest, model) -> None:

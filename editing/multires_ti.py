@@ -56,6 +56,7 @@ ENCODE_BATCH = 8  # images per VAE call while encoding the training set (bounds 
 FORMAT = "multires-textual-inversion"
 FORMAT_VERSION = 1
 PLACEHOLDER = "*"  # the token whose slot carries the pseudo-word (textual inversion's S*); its own row is never used
+SDXL_KEYS = ("clip_l", "clip_g")  # SDXL textual-inversion files: rows for text_encoder, text_encoder_2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 # Caption templates the pseudo-word is trained in, one drawn per sample (textual inversion's idea: the row
@@ -108,6 +109,7 @@ class Concept:
     init_word: str
     fingerprint: str  # of the model it was trained on
     source: str = ""  # the file it was read from
+    encoder_dims: tuple[int, ...] = ()  # SDXL: (768, 1280), the rows' parts for its two text encoders
 
     @property
     def scales(self) -> int:
@@ -143,29 +145,16 @@ def layout(model, pieces: Sequence[str | None]) -> tuple[torch.Tensor, list[int]
 
 
 def token_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
-    """The encoder's input embeddings (B, L, D) of token ids (B, L), before position embeddings."""
-    with torch.no_grad():
-        return model.text_encoder.get_input_embeddings()(ids).float()
+    """The encoders' input embeddings (B, L, D) of token ids (B, L), before position embeddings (SDXL: both
+    encoders' side by side, D = 768 + 1280)."""
+    return model.input_embeddings(ids)
 
 
-def encode_embeds(model, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-    """Text-encoder output (B, L, D) for token ids (B, L) whose input embeddings are `embeds` (B, L, D).
-
-    A forward hook on the token-embedding layer returns `embeds` instead of the table lookup, for this
-    call only (removed in `finally`): the table and the tokenizer stay as they are, and gradients reach
-    `embeds`. Works for any text encoder with get_input_embeddings() (transformers' CLIPTextModel takes
-    no inputs_embeds argument).
-    """
-    def replace(module, args, output):
-        if output.shape != embeds.shape:
-            raise ValueError(f"input embeddings {tuple(embeds.shape)} do not match the ids {tuple(output.shape)}")
-        return embeds.to(output.dtype)
-
-    handle = model.text_encoder.get_input_embeddings().register_forward_hook(replace)
-    try:
-        return model.text_encoder(ids)[0].float()
-    finally:
-        handle.remove()
+def encode_embeds(model, ids: torch.Tensor, embeds: torch.Tensor):
+    """The conditioning (`model.encode_prompts`'s kind) of token ids (B, L) whose input embeddings are
+    `embeds` (B, L, D), differentiable in `embeds` (the model's `encode_input_embeddings`: a forward hook on
+    each token-embedding layer, for this call only)."""
+    return model.encode_input_embeddings(ids, embeds)
 
 
 def encode_with_vectors(model, pieces: Sequence[str | None], vectors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -262,7 +251,9 @@ def train_concept(model, images: np.ndarray, name: str, init_word: str, config: 
     losses = optimise_embedding(model, latents, [rows], embed, config.embedding(),
                                 generator=torch.Generator(device=model.device).manual_seed(seed),
                                 disable=disable, desc=f"multires textual inversion <{name}>")
-    return Concept(name, rows.detach().cpu(), init_word, model.fingerprint), losses
+    dims = model.input_embedding_dims()
+    return Concept(name, rows.detach().cpu(), init_word, model.fingerprint,
+                   encoder_dims=dims if len(dims) > 1 else ()), losses
 
 
 # ---------------------------------------------------------------- the concept file
@@ -276,7 +267,20 @@ def save_concept(path: Path, concept: Concept, config: TrainConfig | None = None
                 "bands": "row k was trained on t = timestep / num_train_timesteps in [k/n, (k+1)/n)",
                 "config": json.dumps(config.to_dict() if config else {})}
     with atomic_path(path) as temporary:
-        save_file({f"<{concept.name}>": concept.rows.float().cpu().contiguous()}, str(temporary), metadata=metadata)
+        save_file({k: v.float().cpu().contiguous() for k, v in concept_tensors(concept).items()}, str(temporary),
+                  metadata=metadata)
+
+
+def concept_tensors(concept: Concept) -> dict[str, torch.Tensor]:
+    """The file's tensors: {"<name>": (n, D)}, or for SDXL the two-key form of SDXL textual-inversion files,
+    {"clip_l": (n, 768), "clip_g": (n, 1280)}, which diffusers' SDXL pipeline loads with
+    `load_textual_inversion(f["clip_l"], token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)` and
+    the same with f["clip_g"], text_encoder_2 and tokenizer_2."""
+    if not concept.encoder_dims:
+        return {f"<{concept.name}>": concept.rows}
+    if len(concept.encoder_dims) != len(SDXL_KEYS):
+        raise ValueError(f"a concept for {len(concept.encoder_dims)} text encoders cannot be saved")
+    return dict(zip(SDXL_KEYS, torch.split(concept.rows, list(concept.encoder_dims), dim=1)))
 
 
 def load_concept(path: Path) -> Concept:
@@ -300,12 +304,17 @@ def load_concept(path: Path) -> Concept:
     name = metadata.get("name", "")
     if not NAME.fullmatch(name):
         raise UserError(f"{path} is damaged: its concept name {name!r} is not a valid name; train it again")
-    rows = tensors.get(f"<{name}>")
-    if rows is None or len(keys) != 1 or rows.ndim != 2 or len(rows) != scales:
+    rows, dims = tensors.get(f"<{name}>"), ()
+    if sorted(keys) == sorted(SDXL_KEYS) and all(tensors[k].ndim == 2 for k in keys):  # SDXL's two-key form
+        dims = tuple(tensors[k].shape[1] for k in SDXL_KEYS)
+        rows = torch.cat([tensors[k] for k in SDXL_KEYS], 1) if len({len(tensors[k]) for k in keys}) == 1 else None
+    elif len(keys) != 1:
+        rows = None
+    if rows is None or rows.ndim != 2 or len(rows) != scales:
         raise UserError(f"{path} is damaged: expected one tensor '<{name}>' of shape (scales, dim), found "
                         f"{ {k: tuple(v.shape) for k, v in tensors.items()} }")
     return Concept(name, rows.float(), metadata.get("init_word", ""), metadata.get("model_fingerprint", ""),
-                   str(path))
+                   str(path), dims)
 
 
 def load_concepts(paths: Sequence[str]) -> dict[str, Concept]:
@@ -332,7 +341,7 @@ def load_concepts(paths: Sequence[str]) -> dict[str, Concept]:
 
 def check_concepts(model, concepts: dict[str, Concept], allow_other_model: bool = False) -> list[str]:
     """UserError for a concept that cannot serve this model; returns warnings for allowed mismatches."""
-    dim, warnings = model.text_encoder.get_input_embeddings().embedding_dim, []
+    dim, warnings = sum(model.input_embedding_dims()), []
     for concept in concepts.values():
         if concept.rows.shape[1] != dim:
             raise UserError(f"concept {concept.name!r} ({concept.source}) has {concept.rows.shape[1]}-dim rows, "

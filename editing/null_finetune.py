@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from editing.core.conditioning import is_per_step
 from editing.core.errors import UserError
 from editing.core.sampling import Conditioning, sample
 from editing.core.ddim import DDIMSchedule
@@ -84,7 +85,7 @@ def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], tar
 def original_nulls(model, record: Inversion) -> list[torch.Tensor]:
     """The record's unconditional embedding of every step, (1, L, D) each."""
     uncond = record.uncond_schedule(record.source_embedding(model), model.encode_prompts([""]))
-    return [uncond] * record.steps if isinstance(uncond, torch.Tensor) else list(uncond)
+    return list(uncond) if is_per_step(uncond) else [uncond] * record.steps
 
 
 def generate(model, record: Inversion, prompts: list[str] | torch.Tensor, ks: list[int],

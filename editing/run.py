@@ -34,7 +34,7 @@ from editing.cli import EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.checkpoints import PREDICTION_TYPES
 from editing.core.errors import UserError
 from editing.core.loading import load_model
-from editing.core.image_io import MAX_IMAGE_PIXELS, load_image
+from editing.core.image_io import MAX_IMAGE_PIXELS, load_image, prepare_image, read_image
 from editing.core.model import DTYPES
 from editing.core.outputs import OutputFolder
 from editing.core.speed import add_speed_options, apply_speed, speed_options
@@ -101,7 +101,8 @@ def build_parser() -> Parser:
     g.add_argument("--unet-lr", type=float, default=None,
                    help=f"imagic: UNet learning rate (default {IMAGIC_UNET.lr:g})")
     g.add_argument("--gradient-checkpointing", action="store_true",
-                   help="imagic: recompute UNet activations in fine-tuning (less memory, slower)")
+                   help="recompute UNet activations in every backward pass: null-text inversion, embedding "
+                        "optimisation, imagic's fine-tuning (less memory, slower, same results)")
     g.add_argument("--sweep", action="store_true",
                    help="also write sweep.png: eta x N grid (learned-embedding), K strip (null-finetune), "
                         "eta strip (imagic)")
@@ -189,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
                        download=args.download, debug=args.debug)
     apply_speed(model, speed_options(args))
-    image = load_image(args.image, model.resolution, request.crop, request.max_pixels)
-    summary = run_edit(model, image, request, out)
+    photo = read_image(args.image, request.max_pixels)
+    image = prepare_image(photo, model.resolution, request.crop)
+    summary = run_edit(model.for_photo(photo.shape, request.crop), image, request, out)
     print(f"wrote {args.out}/ (reconstruction PSNR {summary['reconstruction_psnr_db']} dB, "
           f"total {summary['timings_s']['total']} s)")
     return EXIT_OK

@@ -12,12 +12,13 @@ from typing import Sequence
 
 import torch
 
+from editing.core.conditioning import Embedding
 from editing.core.sampling import guided_output
 from editing.core.ddim import DDIMSchedule, sampling_step
 
 
 @torch.no_grad()
-def direct_offsets(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor, uncond: torch.Tensor,
+def direct_offsets(model, trajectory: Sequence[torch.Tensor], cond: Embedding, uncond: Embedding,
                    schedule: DDIMSchedule, guidance: float) -> list[torch.Tensor]:
     """offset_i = x_{t-1}^inv - step(x_t^inv, t, u, c), one (B, C, h, w) per sampling step."""
     steps = len(schedule.timesteps)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from editing.core.conditioning import is_per_step
 from editing.core.errors import UserError
 from editing.core.sampling import Conditioning, check_finite, sample
 from editing.core.ddim import DDIMSchedule
@@ -100,7 +101,7 @@ def source_conditioning(model, records: list[Inversion]) -> tuple[Conditioning, 
     sources = torch.cat([r.source_embedding(model) for r in records])  # (B, L, D)
     empty = model.encode_prompts([""])
     per_row = [r.uncond_schedule(sources[b:b + 1], empty) for b, r in enumerate(records)]
-    uncond = [torch.cat([u if isinstance(u, torch.Tensor) else u[i] for u in per_row])
+    uncond = [torch.cat([u[i] if is_per_step(u) else u for u in per_row])
               for i in range(len(schedule.timesteps))]
     return Conditioning(cond=sources, uncond=uncond), schedule
 

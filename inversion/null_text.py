@@ -14,6 +14,18 @@ Batched: every row is an image with its own embeddings, learning rate schedule a
 may run in half precision; the embeddings, the Adam state and the loss stay in fp32. With a compiled UNet
 (editing.core.speed) every inner step runs the whole batch, so one graph serves all of it; rows that stopped
 early keep their embedding, so the results are those of the plain path, which runs only the active rows.
+
+SDXL (editing.core.sdxl): the unconditional side is tokens (77 x 2048), a pooled embedding (1280) and the
+time ids. What is optimised per step is the null tokens: they enter every cross-attention layer, the place
+where the paper's null embedding acts and where Prompt-to-Prompt edits. The pooled null is optional
+(`optimise_pooled`, off): it enters only the time embedding, one global shift of every resnet block, and
+Adam moves each of its entries by about lr per inner step whatever the gradient's size, so after a run its
+entries stand near +-1 (measured 0.95) where the release's null is all zeros, for the target branches too.
+On the tiny SDXL-shaped test model (tests/sdxl_tiny.py; 10 steps, guidance 7.5, the default settings) it
+lowers the reconstruction's latent error by a further fifth (chelsea 0.024 -> 0.019, astronaut 0.028 ->
+0.023, coffee 0.032 -> 0.026; DDIM 0.057 / 0.072 / 0.064), at no extra UNet calls: worth turning on when
+the reconstruction matters more than editability, which a random model cannot measure. The time ids are
+never optimised: they state the photo's size and crop.
 """
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from editing.core.progress import tqdm  # tqdm.auto.tqdm that a caller can follow (the web page)
 
+from editing.core.conditioning import Embedding, is_per_step, trainable
 from editing.core.errors import NonFiniteError, UserError
 from editing.core.sampling import guided_output
 from editing.core.ddim import DDIMSchedule, sampling_step
@@ -39,6 +52,7 @@ class NullTextConfig:
     lr_decay: float = 1e-2  # lr_i = lr * (1 - lr_decay * i): the reference's 1e-2 * (1 - i / 100)
     early_stop: float = 1e-5  # stop a timestep once the loss is below early_stop + i * early_stop_growth
     early_stop_growth: float = 2e-5
+    optimise_pooled: bool = False  # SDXL: also optimise the pooled null (see the module docstring: off)
 
     def __post_init__(self):
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 1:
@@ -53,11 +67,16 @@ class NullTextConfig:
                 raise UserError(f"the null-text {name} must be a finite number, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings; optimise_pooled only when on (so the params, and the fingerprints, of SD records
+        are what they were before SDXL)."""
+        settings = asdict(self)
+        if not self.optimise_pooled:
+            del settings["optimise_pooled"]
+        return settings
 
 
-def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor,
-                   init: torch.Tensor | Sequence[torch.Tensor], schedule: DDIMSchedule, guidance: float,
+def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: Embedding,
+                   init: Embedding | Sequence[Embedding], schedule: DDIMSchedule, guidance: float,
                    config: NullTextConfig = NullTextConfig(), num_steps: int | None = None,
                    disable: bool = False, desc: str = "null-text optimisation") -> list[torch.Tensor]:
     """Optimise the unconditional embeddings of a batch along its inversion trajectory.
@@ -72,7 +91,7 @@ def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor
     if len(trajectory) != steps + 1:
         raise ValueError(f"the trajectory has {len(trajectory)} latents, {steps + 1} expected for {steps} steps")
     num_steps = steps if num_steps is None else num_steps
-    warm_start = isinstance(init, torch.Tensor)
+    warm_start = not is_per_step(init)
     batch = cond.shape[0]
     uncond = (init if warm_start else init[0]).detach().float().clone()  # (B, L, D)
     x = trajectory[-1]
@@ -84,8 +103,10 @@ def optimise_nulls(model, trajectory: Sequence[torch.Tensor], cond: torch.Tensor
         target = trajectory[steps - i - 1]  # the pivot latent one step below
         if not warm_start:
             uncond = init[i].detach().float().clone()
-        uncond.requires_grad_(True)
-        optimiser = torch.optim.Adam([uncond], lr=config.lr * (1.0 - config.lr_decay * i))
+        params = trainable(uncond, config.optimise_pooled)  # [uncond]; SDXL: its tokens (and pooled)
+        for p in params:
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(params, lr=config.lr * (1.0 - config.lr_decay * i))
         with torch.no_grad():
             out_cond = model.unet_output(x, t, cond)  # the conditional prediction, computed once per step
         threshold = config.early_stop + i * config.early_stop_growth

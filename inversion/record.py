@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from editing.core.conditioning import from_named, named_tensors
 from editing.core.errors import UserError
 from editing.core.files import atomic_path
 from editing.core.sampling import Anchors
@@ -49,9 +50,11 @@ def fingerprint_parts(image: np.ndarray, prompt: str, model_fingerprint: str, me
     }
 
 
-def embedding_digest(embedding: torch.Tensor) -> str:
-    """Hash of a conditional embedding's fp32 values, for records inverted under a learned embedding."""
-    return _digest(embedding.detach().float().cpu().contiguous().numpy().tobytes())
+def embedding_digest(embedding) -> str:
+    """Hash of a conditional embedding's fp32 values (every part of SDXL's), for records inverted under a
+    learned embedding."""
+    parts = named_tensors("embedding", embedding).values()
+    return _digest(b"".join(p.detach().float().cpu().contiguous().numpy().tobytes() for p in parts))
 
 
 def combine(parts: dict[str, str]) -> str:
@@ -136,8 +139,8 @@ class Inversion:
         path = Path(path)
         tensors = {"x_T": self.x_T}
         for name in ("nulls", "offsets", "trajectory", "cond"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name)
+            if getattr(self, name) is not None:  # SDXL's nulls and cond: + name_pooled, name_time_ids
+                tensors.update(named_tensors(name, getattr(self, name)))
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
         meta = {"format": str(FORMAT_VERSION), "method": self.method, "prompt": self.prompt,
                 "params": json.dumps(self.params), "parts": json.dumps(self.parts),
@@ -168,8 +171,8 @@ class Inversion:
         try:
             record = cls(method=meta["method"], prompt=meta["prompt"], x_T=tensors["x_T"],
                          params=json.loads(meta["params"]), parts=json.loads(meta["parts"]),
-                         nulls=tensors.get("nulls"), offsets=tensors.get("offsets"),
-                         trajectory=tensors.get("trajectory"), cond=tensors.get("cond"),
+                         nulls=from_named(tensors, "nulls"), offsets=tensors.get("offsets"),
+                         trajectory=tensors.get("trajectory"), cond=from_named(tensors, "cond"),
                          timings_s=json.loads(meta.get("timings_s", "{}")))
             record._check()
         except (KeyError, TypeError, ValueError) as exc:

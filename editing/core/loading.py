@@ -23,6 +23,7 @@ from editing.core.model import (DEFAULT_MODEL_DIR, DEFAULT_NAMES, TINY_RANDOM_NA
                                 _from_pipeline, _place, build_tiny_model, ddim_scheduler, pick_device, pick_dtype)
 from editing.core.offline import no_network, quiet_libraries
 from editing.core.sd_random import ARCHITECTURES, build_sd_random
+from editing.core.sdxl import load_sdxl
 
 # owner/name as the hub spells repositories (what may be downloaded; anything else is a local path)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
@@ -72,6 +73,10 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
     if spec in ARCHITECTURES:
         with quiet_libraries(debug):
             return _place(build_sd_random(spec), spec, dev, torch_dtype)
+    with quiet_libraries(debug):  # SDXL (sdxl-random, an SDXL diffusers folder): editing/core/sdxl.py
+        sdxl = load_sdxl(spec, dev, torch_dtype)
+    if sdxl is not None:
+        return sdxl
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UserError(f"{path} is a folder but not a diffusers model (no model_index.json in it)")
@@ -252,17 +257,10 @@ def _config_folder(architecture: Architecture, download: bool, debug: bool) -> P
 
 
 def _load_sdxl_single_file(path: Path, detected: Detected, device, dtype, download: bool, debug: bool) -> Model:
-    """SDXL HOOK (connect at merge): an SDXL base single file is detected here and handed to
-    editing.core.sdxl when that module exists; until then it is refused."""
-    import importlib.util
-
-    if importlib.util.find_spec("editing.core.sdxl") is None:
-        raise UserError(f"{path}: SDXL is detected; SDXL support: not in this version of the toolkit "
-                        "(SD 1.x and 2.x checkpoints load)")
-    from editing.core import sdxl
-
-    return sdxl.load_single_file(path, config=detected.architecture.config_dir, prediction_type=detected.prediction_type,
-                                 device=device, dtype=dtype, debug=debug)
+    """An SDXL base single file is recognised (its keys) but not converted yet: say what works instead."""
+    raise UserError(f"{path} is an SDXL base checkpoint; SDXL single files do not load yet. SDXL diffusers folders "
+                    "do: convert it once with diffusers (StableDiffusionXLPipeline.from_single_file(FILE)"
+                    ".save_pretrained(FOLDER)) and give --model FOLDER")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -109,7 +110,7 @@ class Model:
         """A short hash of the configs and weights: tells two checkpoints apart, independent of the path."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for module in (self.unet, self.vae, self.text_encoder):
+            for module in self.fingerprint_modules():
                 config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
                 h.update(json.dumps(_model_keys(config), sort_keys=True, default=str).encode())
                 for name, tensor in module.state_dict().items():
@@ -121,14 +122,29 @@ class Model:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Token ids (B, max_tokens). A prompt longer than the encoder takes is an error, never truncated."""
+    def for_photo(self, photo_shape: tuple[int, ...], crop) -> "Model":
+        """The model to edit a photo of this shape (H, W, ...) prepared with this crop: SD ignores both;
+        SDXL conditions on them (editing.core.sdxl)."""
+        return self
+
+    def attention_limits(self) -> dict:
+        """Prompt-to-Prompt's map-size limits for this model (P2PConfig fields); {} keeps the reference's."""
+        return {}
+
+    def fingerprint_modules(self) -> tuple:
+        """The components whose configs and weights enter the fingerprint."""
+        return self.unet, self.vae, self.text_encoder
+
+    def tokenize(self, prompts: list[str], tokenizer=None) -> torch.Tensor:
+        """Token ids (B, max_tokens) by `tokenizer` (default: the model's). A prompt longer than the encoder
+        takes is an error, never truncated."""
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
         for prompt in prompts:
-            n = len(self.tokenizer(prompt, truncation=False).input_ids)
+            n = len(tokenizer(prompt, truncation=False).input_ids)
             if n > self.max_tokens:
                 raise UserError(f"prompt has {n} tokens, the text encoder takes at most {self.max_tokens} "
                                 f"(start and end tokens included); shorten it: {prompt[:60]!r}...")
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
+        ids = tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
                              truncation=True, return_tensors="pt").input_ids
         return ids.to(self.device)
 
@@ -136,6 +152,21 @@ class Model:
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Text-encoder output (B, max_tokens, dim), fp32."""
         return self.text_encoder(self.tokenize(prompts))[0].float()
+
+    def input_embedding_dims(self) -> tuple[int, ...]:
+        """The width of each text encoder's token-embedding table (textual inversion's rows are their concatenation)."""
+        return (self.text_encoder.get_input_embeddings().embedding_dim,)
+
+    def input_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's input embeddings (B, L, D) of token ids (B, L), before position embeddings, fp32."""
+        with torch.no_grad():
+            return self.text_encoder.get_input_embeddings()(ids).float()
+
+    def encode_input_embeddings(self, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """`encode_prompts` of token ids (B, L) whose input embeddings are `embeds` (B, L, D); differentiable
+        in `embeds` (textual inversion)."""
+        with input_embeddings_replaced(self.text_encoder, embeds):
+            return self.text_encoder(ids)[0].float()
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
@@ -161,9 +192,32 @@ class Model:
         unet = self.unet if self.fast_unet is None or attention_kwargs is not None else self.fast_unet
         if not torch.is_tensor(t):  # a device tensor (a fill, no host copy): one compiled graph serves every t
             t = torch.full((), t, dtype=torch.int64, device=x.device)
-        out = unet(x.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype),
-                   cross_attention_kwargs=attention_kwargs).sample
+        out = unet(x.to(self.dtype), t, **self.unet_conditioning(cond), cross_attention_kwargs=attention_kwargs).sample
         return out.float()
+
+    def unet_conditioning(self, cond: torch.Tensor) -> dict:
+        """The UNet's keyword arguments for a conditioning (B, L, D), in the UNet's dtype."""
+        return {"encoder_hidden_states": cond.to(self.dtype)}
+
+
+@contextmanager
+def input_embeddings_replaced(text_encoder, embeds: torch.Tensor):
+    """Inside the block, the encoder's token-embedding layer returns `embeds` instead of its table lookup.
+
+    A forward hook, removed in `finally`: the table and the tokenizer stay as they are, and gradients reach
+    `embeds`. Works for any text encoder with get_input_embeddings() (transformers' CLIPTextModel takes no
+    inputs_embeds argument).
+    """
+    def replace(module, args, output):
+        if output.shape != embeds.shape:
+            raise ValueError(f"input embeddings {tuple(embeds.shape)} do not match the ids {tuple(output.shape)}")
+        return embeds.to(output.dtype)
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # Config entries that describe how a copy was written, not the model: transformers' save_pretrained sets

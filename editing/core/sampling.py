@@ -15,10 +15,12 @@ from typing import Callable, ContextManager, Protocol, Sequence
 import torch
 from editing.core.progress import tqdm  # tqdm.auto.tqdm that a caller can follow (the web page)
 
+from editing.core.conditioning import Embedding, is_per_step
 from editing.core.ddim import DDIMSchedule, sampling_step
 from editing.core.errors import NonFiniteError
 
-Embeddings = torch.Tensor | Sequence[torch.Tensor]  # (B, L, D) for every step, or one (B, L, D) per step
+# (B, L, D) for every step, or one (B, L, D) per step; SD's tensor or SDXL's TextEmbeds (editing.core.conditioning)
+Embeddings = Embedding | Sequence[Embedding]
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Conditioning:
     uncond: Embeddings
 
     def at(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = lambda e: e if isinstance(e, torch.Tensor) else e[i]  # noqa: E731
+        pick = lambda e: e[i] if is_per_step(e) else e  # noqa: E731
         return pick(self.cond), pick(self.uncond)
 
 
@@ -59,7 +61,7 @@ class Controller(Protocol):
     def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor: ...  # e.g. local blend
 
 
-def guided_output(model, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor,
+def guided_output(model, x: torch.Tensor, t: int, cond: Embedding, uncond: Embedding,
                   guidance: float, attention_kwargs: dict | None = None) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans): out_u + w (out_c - out_u), both halves in one UNet call.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,23 @@ def apply_speed(model, options: SpeedOptions) -> None:
     if options.vae_tiling:
         model.vae.enable_tiling()
         model.vae.enable_slicing()
+
+
+@contextmanager
+def unet_checkpointing(unet, on: bool = True):
+    """Inside the block the UNet recomputes its activations in the backward pass instead of keeping them
+    (diffusers' gradient checkpointing): less memory wherever gradients flow through the UNet (null-text
+    inversion, the embedding optimiser, Imagic's fine-tuning), one more forward per backward, the same
+    numbers. Measured on the meta device for SDXL at 1024 px: a null-text step keeps 0.6 GiB instead of
+    10.9 (benchmarks/sdxl_memory.py). Restored on exit."""
+    if not on or unet.is_gradient_checkpointing:
+        yield
+        return
+    unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        unet.disable_gradient_checkpointing()
 
 
 def speed_summary(model) -> dict:
