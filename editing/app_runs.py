@@ -260,6 +260,11 @@ class Editor:
             run.state, run.message = "failed", f"{type(exc).__name__}: {one_line(exc)}"
         finally:
             run.image = None
+            if run.state != "done":  # run_edit makes the folder before the edit: an unfinished run leaves none
+                try:
+                    run.folder.rmdir()  # only when empty: a folder with files in it is never removed
+                except OSError:
+                    pass
 
     def zip_bytes(self, run_id: str) -> bytes:
         """The run folder as a zip (made in memory; nothing is written)."""
