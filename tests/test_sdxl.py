@@ -393,7 +393,7 @@ def test_multires_on_sdxl_trains_rows_for_both_encoders_and_loads_in_diffusers(m
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import load_file
 
-    from editing.multires import TrainConfig, encode_prompt, load_concept, save_concept, train_concept
+    from editing.multires_ti import TrainConfig, encode_prompt, load_concept, save_concept, train_concept
     from editing.multires_prompt import parse_prompt
 
     before = {k: v.clone() for k, v in model.text_encoder_2.state_dict().items()}
