@@ -140,6 +140,20 @@ def run_null_finetune(model, image, request: EditRequest, invert_source, disable
                         summary)
 
 
+def each_target(request: EditRequest, edit_one, sweep_of, captions: list[str], cols: int | None = None):
+    """A method that works per target prompt, run for each: (the first target's reconstruction, every edit, the
+    three stage times summed, one (sweep grid, target) per target when there are sweep captions)."""
+    edits, times, sweeps, reconstruction = [], stage_times(0.0, 0.0, 0.0), [], None
+    for target in request.target_prompts:
+        result = edit_one(target)
+        reconstruction = result.reconstruction if reconstruction is None else reconstruction
+        edits.append(result.edit)
+        times = {k: times[k] + result.timings_s[k] for k in times}
+        if captions:
+            sweeps.append((image_grid(sweep_of(result), captions, cols=cols), target))
+    return reconstruction, edits, times, sweeps
+
+
 def run_learned_embedding(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
     config = LearnedEmbeddingConfig(
         embedding=embedding_config(request, LE_EMBEDDING), eta=LE_ETA if request.eta is None else request.eta,
@@ -149,16 +163,12 @@ def run_learned_embedding(model, image, request: EditRequest, invert_source, dis
         etas = sweep_values(request.sweep_eta, 1.0, "--sweep-eta", float)
         ns = sweep_values(request.sweep_interp, request.steps, "--sweep-interp", int)
         settings = [(eta, n) for eta in etas for n in ns]
-    edits, times, sweeps, reconstruction = [], stage_times(0.0, 0.0, 0.0), [], None
-    for target in request.target_prompts:
-        result = edit_learned_embedding(model, image, target, config, inversion_config(request),
-                                        generator=generator(model, request.seed), sweep=settings, disable=disable)
-        reconstruction = result.reconstruction if reconstruction is None else reconstruction
-        edits.append(result.edit)
-        times = {k: times[k] + result.timings_s[k] for k in times}
-        if settings:
-            sweeps.append((image_grid(result.sweep, [f"eta={e:g} N={n}" for e, n in settings], cols=len(ns)),
-                           target))
+    captions = [f"eta={e:g} N={n}" for e, n in settings]
+    reconstruction, edits, times, sweeps = each_target(
+        request, lambda target: edit_learned_embedding(model, image, target, config, inversion_config(request),
+                                                       generator=generator(model, request.seed), sweep=settings,
+                                                       disable=disable),
+        lambda result: result.sweep, captions, cols=len(ns) if settings else None)
     summary = {"inversion": request.inversion, "steps": request.steps, "guidance": request.guidance,
                "learned_embedding": config.to_dict(), "note": "reconstruction: e_opt of the first target alone"}
     return MethodOutput(reconstruction, edits, times, sweeps, summary)
@@ -171,15 +181,11 @@ def run_imagic(model, image, request: EditRequest, invert_source, disable) -> Me
                           eta=IMAGIC_ETA if request.eta is None else request.eta,
                           gradient_checkpointing=request.gradient_checkpointing)
     etas = sweep_values(request.sweep_eta, 1.0, "--sweep-eta", float) if request.sweep else []
-    edits, times, sweeps, reconstruction = [], stage_times(0.0, 0.0, 0.0), [], None
-    for target in request.target_prompts:
-        result = edit_imagic(model, image, target, config, steps=request.steps, guidance=request.guidance,
-                             generator=generator(model, request.seed), sweep=etas, disable=disable)
-        reconstruction = result.reconstruction if reconstruction is None else reconstruction
-        edits.append(result.edit)
-        times = {k: times[k] + result.timings_s[k] for k in times}
-        if etas:
-            sweeps.append((image_grid(result.sweep, [f"eta={e:g}" for e in etas]), target))
+    reconstruction, edits, times, sweeps = each_target(
+        request, lambda target: edit_imagic(model, image, target, config, steps=request.steps,
+                                            guidance=request.guidance, generator=generator(model, request.seed),
+                                            sweep=etas, disable=disable),
+        lambda result: result.sweep, [f"eta={e:g}" for e in etas])
     summary = {"inversion": "none", "steps": request.steps, "guidance": request.guidance, "imagic": config.to_dict(),
                "note": "imagic samples from fresh noise; reconstruction: e_opt of the first target with the "
                        "fine-tuned UNet"}
@@ -191,15 +197,11 @@ def run_finetune_embedding(model, image, request: EditRequest, invert_source, di
     config = FinetuneEmbeddingConfig(embedding=embedding_config(request, LE_EMBEDDING), steps=k,
                                      null_text=NullTextConfig(inner_steps=request.finetune_inner))
     strip = sweep_values(request.sweep_k, request.steps, "--sweep-k", int) if request.sweep else []
-    edits, times, sweeps, reconstruction = [], stage_times(0.0, 0.0, 0.0), [], None
-    for target in request.target_prompts:
-        result = edit_finetune_embedding(model, image, target, config, inversion_config(request),
-                                         generator=generator(model, request.seed), strip=strip, disable=disable)
-        reconstruction = result.reconstruction if reconstruction is None else reconstruction
-        edits.append(result.edit)
-        times = {key: times[key] + result.timings_s[key] for key in times}
-        if strip:
-            sweeps.append((image_grid(result.strip, [f"K={k}" for k in strip]), target))
+    reconstruction, edits, times, sweeps = each_target(
+        request, lambda target: edit_finetune_embedding(model, image, target, config, inversion_config(request),
+                                                        generator=generator(model, request.seed), strip=strip,
+                                                        disable=disable),
+        lambda result: result.strip, [f"K={k}" for k in strip])
     summary = {"inversion": request.inversion, "steps": request.steps, "guidance": request.guidance,
                "finetune_embedding": config.to_dict(), "note": "reconstruction: e_opt of the first target alone"}
     return MethodOutput(reconstruction, edits, times, sweeps, summary)
