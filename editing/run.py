@@ -186,13 +186,17 @@ def request_from_args(args) -> EditRequest:
 def main(argv: list[str] | None = None) -> int:
     args = apply_config_file(build_parser(), argv)
     request = request_from_args(args)
+    photo = read_image(args.image, request.max_pixels)  # a missing or broken photo is refused before any work
     out = OutputFolder.prepare(args.out, [args.image, args.mask, args.inversion_file, args.config])
-    model = load_model(args.model, device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
-                       download=args.download, debug=args.debug)
-    apply_speed(model, speed_options(args))
-    photo = read_image(args.image, request.max_pixels)
-    image = prepare_image(photo, model.resolution, request.crop)
-    summary = run_edit(model.for_photo(photo.shape, request.crop), image, request, out)
+    try:
+        model = load_model(args.model, device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
+                           download=args.download, debug=args.debug)
+        apply_speed(model, speed_options(args))
+        image = prepare_image(photo, model.resolution, request.crop)
+        summary = run_edit(model.for_photo(photo.shape, request.crop), image, request, out)
+    except BaseException:
+        out.remove_if_unused()
+        raise
     print(f"wrote {args.out}/ (reconstruction PSNR {summary['reconstruction_psnr_db']} dB, "
           f"total {summary['timings_s']['total']} s)")
     return EXIT_OK

@@ -314,7 +314,19 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, no_inversion):
     line = one_error_line(capsys)
     for word in words:
         assert word.lower() in line.lower(), line
-    assert not (tmp_path / "out" / "summary.json").exists()
+    assert not (tmp_path / "out").exists(), "a refused run leaves no output folder behind"
+
+
+def test_a_refused_run_keeps_an_output_folder_it_did_not_make(tmp_path, capsys):
+    out = tmp_path / "results" / "out"
+    assert cli(edit_argv(out, "--model", "/nonexistent/path")) == 2  # refused after --out was prepared
+    one_error_line(capsys)
+    assert not (tmp_path / "results").exists(), "the folders the run made are removed again"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine\n")
+    assert cli(edit_argv(out, "--model", "/nonexistent/path")) == 2
+    one_error_line(capsys)
+    assert (out / "notes.txt").read_text() == "mine\n" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_failure_inside_the_run_exits_1(tmp_path, capsys, monkeypatch):

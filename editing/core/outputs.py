@@ -86,6 +86,7 @@ class OutputFolder:
     root: Path
     inputs: frozenset = frozenset()  # (device, inode) of every input file
     under: tuple[str, ...] = ()
+    made: tuple[Path, ...] = ()  # the folders prepare created (--out and missing parents), deepest first
 
     @classmethod
     def prepare(cls, out: PathLike, inputs: Iterable[PathLike | None] = (), what: str = "--out") -> "OutputFolder":
@@ -98,6 +99,7 @@ class OutputFolder:
                                 "give a folder on a disk")
         if root.exists() and not root.is_dir():
             raise UserError(f"{what} {out} is a file, not a folder; give a folder (it is created if missing)")
+        made = tuple(folder for folder in (root, *root.parents) if not folder.exists())
         try:
             root.mkdir(parents=True, exist_ok=True)
             probe = temporary_name(root / "write-test")
@@ -106,15 +108,24 @@ class OutputFolder:
         except OSError as error:
             raise UserError(f"cannot write to {what} {out}: {error.strerror or error}; give a writable folder") \
                 from None
-        return cls(root, input_identities(inputs))
+        return cls(root, input_identities(inputs), made=made)
 
     def with_inputs(self, inputs: Iterable[PathLike | None]) -> "OutputFolder":
         """The same folder, also guarding these input files."""
-        return OutputFolder(self.root, self.inputs | input_identities(inputs), self.under)
+        return OutputFolder(self.root, self.inputs | input_identities(inputs), self.under, self.made)
 
     def child(self, *parts: str) -> "OutputFolder":
         """The sub-folder `parts` below this one (each a plain name), checked when a file in it is asked for."""
-        return OutputFolder(self.root, self.inputs, self.under + tuple(_check_part(p) for p in parts))
+        return OutputFolder(self.root, self.inputs, self.under + tuple(_check_part(p) for p in parts), self.made)
+
+    def remove_if_unused(self) -> None:
+        """Remove the folders prepare made while they are still empty: a run refused before it wrote anything
+        leaves no trace. A folder with anything in it is never touched (rmdir refuses)."""
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
     @property
     def folder(self) -> Path:
