@@ -63,6 +63,7 @@ class Run:
     id: str
     request: EditRequest
     image: np.ndarray | None  # the prepared photo (released when the run ends)
+    photo_shape: tuple  # the uploaded photo's (H, W, 3): SDXL conditions on it (Model.for_photo)
     dtype: str
     folder: Path
     state: str = "queued"  # queued, running, then done, stopped, error (bad input) or failed (inside)
@@ -126,7 +127,7 @@ class InversionMemory:
 
     @staticmethod
     def key(model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
-        return combine(fingerprint_parts(image, prompt, model.fingerprint, config.method, config.params()))
+        return combine(fingerprint_parts(image, prompt, model.inversion_fingerprint, config.method, config.params()))
 
     def for_run(self, run: Run) -> Callable:
         """editing.methods' invert_source for one run, noting on the run whether it reused a record."""
@@ -186,7 +187,12 @@ class Editor:
 
     def prepared(self, name: str, crop) -> np.ndarray:
         """The uploaded photo as the edit sees it: the crop applied, centre square, the model's resolution."""
-        return prepare_image(read_image(self.upload_path(name)), self.model.resolution, parse_crop(crop))
+        return self._photo(name, crop)[1]
+
+    def _photo(self, name: str, crop) -> tuple[tuple, np.ndarray]:
+        """(the uploaded photo's shape, the photo prepared as in `prepared`)."""
+        photo = read_image(self.upload_path(name))
+        return photo.shape, prepare_image(photo, self.model.resolution, parse_crop(crop))
 
     def preview_png(self, name: str, crop) -> bytes:
         ok, png = cv2.imencode(".png", np.ascontiguousarray(self.prepared(name, crop)[..., ::-1]))
@@ -203,14 +209,15 @@ class Editor:
             options["mask"] = str(self.upload_path(options["mask"]))
         request = EditRequest.from_options({**options, "image": filename or upload, "quiet": True,
                                             "attention_maps": options.get("method", "p2p") == "p2p"})
-        image = self.prepared(upload, request.crop)
+        photo_shape, image = self._photo(upload, request.crop)
         with self._lock:
             number = len(self.runs) + 1
             # skip the folders of an earlier server in this --out, and the runs still queued (no folder yet)
             while (self.out / f"run-{number:04d}").exists() or f"run-{number:04d}" in self.runs:
                 number += 1
             folder = self.out / f"run-{number:04d}"  # made by run_edit when the edit has succeeded
-            run = Run(id=folder.name, request=request, image=image, dtype=dtype, folder=folder)
+            run = Run(id=folder.name, request=request, image=image, photo_shape=photo_shape, dtype=dtype,
+                      folder=folder)
             self.runs[run.id] = run
         self._queue.put(run)
         return run
@@ -246,7 +253,7 @@ class Editor:
             return
         run.state = "running"
         try:
-            model = self._model_for(run.dtype)
+            model = self._model_for(run.dtype).for_photo(run.photo_shape, run.request.crop)
             with watch(run.on_progress):
                 run.summary = run_edit(model, run.image, run.request, run.folder,
                                        invert_source=self.inversions.for_run(run))

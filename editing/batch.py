@@ -58,7 +58,7 @@ from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
-from editing.core.image_io import load_image
+from editing.core.image_io import prepare_image, read_image
 from editing.core.outputs import OutputFolder, unique_names
 from editing.core.loading import load_model
 from editing.core.speed import apply_speed, speed_options
@@ -301,14 +301,21 @@ def run_shard(jobs: list[Job], model, cache: InversionCache, out: OutputFolder, 
             for job in todo[start:start + batch_size]:
                 t0 = time.perf_counter()
                 try:
-                    image = load_image(job.image, model.resolution, job.request.crop, job.request.max_pixels)
-                    loaded.append((job, image, time.perf_counter() - t0))
+                    photo = read_image(job.image, job.request.max_pixels)
+                    image = prepare_image(photo, model.resolution, job.request.crop)
+                    loaded.append((job, model.for_photo(photo.shape, job.request.crop), image,
+                                   time.perf_counter() - t0))
                 except Exception as exc:
                     entries[job.index] = entry(job, "failed", describe(exc))
                     bar.update()
-            cache.prefetch(model, [(image, job.request) for job, image, _ in loaded], disable=not batch.verbose)
-            for job, image, load_s in loaded:
-                entries[job.index] = edit_job(job, image, load_s, model, cache, out, batch.debug)
+            # one inversion batch per conditioning (SD: one; SDXL: photos of one size and crop share time ids)
+            groups: dict[str, tuple] = {}
+            for job, photo_model, image, _ in loaded:
+                groups.setdefault(photo_model.conditioning_key(), (photo_model, []))[1].append((image, job.request))
+            for photo_model, items in groups.values():
+                cache.prefetch(photo_model, items, disable=not batch.verbose)
+            for job, photo_model, image, load_s in loaded:
+                entries[job.index] = edit_job(job, image, load_s, photo_model, cache, out, batch.debug)
                 bar.update()
     for job in jobs:
         if entries[job.index]["status"] == "failed":
@@ -402,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--batch-size must be at least 1, got {batch.batch_size}")
     shared = shared_options(rest, has_manifest=bool(batch.manifest))
     jobs = find_jobs(batch, shared)
-    out = OutputFolder.prepare(batch.out, batch_inputs(batch, shared, jobs))
-    cache_folder = OutputFolder.prepare(batch.cache, out.inputs, "--cache") if batch.cache \
+    inputs = batch_inputs(batch, shared, jobs)
+    out = OutputFolder.prepare(batch.out, inputs)
+    cache_folder = OutputFolder.prepare(batch.cache, inputs, "--cache") if batch.cache \
         else out.child(*CACHE_SUBDIR.parts)
     state = distributed_state(shared.device)
     with batch_lock(out, shared=state.num_processes > 1):

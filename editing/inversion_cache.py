@@ -40,7 +40,7 @@ class InversionCache:
         self.computed: dict[str, float] = {}
 
     def key(self, model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
-        return combine(fingerprint_parts(image, prompt, model.fingerprint, config.method, config.params()))
+        return combine(fingerprint_parts(image, prompt, model.inversion_fingerprint, config.method, config.params()))
 
     def path(self, key: str) -> Path:
         if self.folder is None:
@@ -92,7 +92,7 @@ class InversionCache:
         else:
             try:
                 record = Inversion.load(self.path(key))
-                record.verify(image, prompt, model.fingerprint)
+                record.verify(image, prompt, model.inversion_fingerprint)
             except UserError:  # damaged or made for something else: invert again, replacing it
                 return None
         if record is None or record.fingerprint != key:

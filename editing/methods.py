@@ -93,7 +93,7 @@ def source_record(model, image, request: EditRequest, invert_source, disable: bo
     """The photo's inversion with the source prompt: from --inversion-file, the caller's cache, or computed."""
     if request.inversion_file:
         record = Inversion.load(request.inversion_file)
-        record.verify(image, request.source_prompt, model.fingerprint)
+        record.verify(image, request.source_prompt, model.inversion_fingerprint)
         return record
     record = invert_source(model, image, request.source_prompt, inversion_config(request, keep_trajectory), disable)
     if request.save_inversion:

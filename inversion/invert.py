@@ -78,7 +78,7 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
     stacked = torch.stack(trajectory, 1)  # (B, steps + 1, C, h, w)
     keep = config.keep_trajectory or config.method == "direct"  # DirectInversion anchors the source on it
     def parts(b):
-        found = fingerprint_parts(images[b], prompts[b], model.fingerprint, config.method, config.params())
+        found = fingerprint_parts(images[b], prompts[b], model.inversion_fingerprint, config.method, config.params())
         return {**found, "embedding": embedding_digest(cond[b])} if learned else found
 
     return [

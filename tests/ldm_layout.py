@@ -13,8 +13,10 @@ import torch
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP, OPENCLIP = "cond_stage_model.transformer.text_model.", "cond_stage_model.model."
+SDXL_CLIP, SDXL_OPENCLIP = "conditioner.embedders.0.transformer.text_model.", "conditioner.embedders.1.model."
 UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's
 UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
@@ -24,8 +26,10 @@ OPENCLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_p
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 
 
-def unet_key(key: str) -> str:
-    """A diffusers UNet2DConditionModel (SD 1.x / 2.x) parameter name -> its LDM name."""
+def unet_key(key: str, layers: int = 2, up_attention: tuple[bool, ...] = (False, True, True, True)) -> str:
+    """A diffusers UNet2DConditionModel parameter name -> its LDM name. layers: layers_per_block (each LDM
+    level has layers + 1 blocks: resnets, then the down- or upsampler); up_attention: which up blocks have
+    attention (the upsampler follows it). Defaults: SD 1.x / 2.x."""
     module, _, param = key.rpartition(".")
     if module in UNET_FIXED:
         return UNET + UNET_FIXED[module] + "." + param
@@ -34,9 +38,10 @@ def unet_key(key: str) -> str:
     if block == "down_blocks":
         i, kind, j = int(parts[1]), parts[2], int(parts[3])
         if kind == "downsamplers":
-            name = f"input_blocks.{3 * (i + 1)}.0.op"
+            name = f"input_blocks.{(layers + 1) * (i + 1)}.0.op"
         else:
-            name = f"input_blocks.{3 * i + j + 1}." + ("0." + UNET_RESNET[rest] if kind == "resnets" else "1." + rest)
+            name = f"input_blocks.{(layers + 1) * i + j + 1}." + (
+                "0." + UNET_RESNET[rest] if kind == "resnets" else "1." + rest)
     elif block == "mid_block":
         kind, j = parts[1], int(parts[2])
         rest = ".".join(parts[3:])
@@ -44,9 +49,10 @@ def unet_key(key: str) -> str:
     elif block == "up_blocks":
         i, kind, j = int(parts[1]), parts[2], int(parts[3])
         if kind == "upsamplers":
-            name = f"output_blocks.{3 * i + 2}.{1 if i == 0 else 2}.conv"
+            name = f"output_blocks.{(layers + 1) * i + layers}.{2 if up_attention[i] else 1}.conv"
         else:
-            name = f"output_blocks.{3 * i + j}." + ("0." + UNET_RESNET[rest] if kind == "resnets" else "1." + rest)
+            name = f"output_blocks.{(layers + 1) * i + j}." + (
+                "0." + UNET_RESNET[rest] if kind == "resnets" else "1." + rest)
     else:
         raise KeyError(f"no LDM name for UNet parameter {key}")
     return UNET + name + "." + param
@@ -78,15 +84,17 @@ def vae_key(key: str, levels: int = 4) -> str:
 
 
 def unet_to_ldm(unet) -> dict:
-    return {unet_key(k): v for k, v in unet.state_dict().items()}
+    layers, up = unet.config.layers_per_block, unet.config.up_block_types
+    up_attention = tuple("CrossAttn" in kind for kind in up)
+    return {unet_key(k, layers, up_attention): v for k, v in unet.state_dict().items()}
 
 
 def vae_to_ldm(vae) -> dict:
-    out = {}
+    out, levels = {}, len(vae.config.block_out_channels)
     for k, v in vae.state_dict().items():
         if ".mid_block.attentions." in k and v.dim() == 2:  # LDM's attention projections are 1x1 convolutions
             v = v[:, :, None, None]
-        out[vae_key(k)] = v
+        out[vae_key(k, levels)] = v
     return out
 
 
@@ -120,6 +128,20 @@ def openclip_to_ldm(text_encoder, extra_layer: bool = True) -> dict:
                 out[name].shape, generator=generator)
         out[OPENCLIP + "text_projection"] = torch.randn(width, width, generator=generator)
     return out
+
+
+def sdxl_to_ldm(components: dict) -> dict:
+    """An SDXL base single file (sd_xl_base_1.0.safetensors' layout): CLIP ViT-L under
+    conditioner.embedders.0, OpenCLIP bigG under conditioner.embedders.1 with its text projection
+    (OpenCLIP multiplies by it from the right: the transpose of the transformers Linear weight)."""
+    clip = components["text_encoder"]
+    text = {SDXL_CLIP + k.removeprefix("text_model."): v for k, v in clip.state_dict().items()}
+    text[SDXL_CLIP + "embeddings.position_ids"] = torch.arange(clip.config.max_position_embeddings)[None]
+    big_g = components["text_encoder_2"]
+    openclip = openclip_to_ldm(big_g.text_model, extra_layer=False)
+    text.update({SDXL_OPENCLIP + k.removeprefix(OPENCLIP): v for k, v in openclip.items()})
+    text[SDXL_OPENCLIP + "text_projection"] = big_g.text_projection.weight.T.contiguous()
+    return {**unet_to_ldm(components["unet"]), **vae_to_ldm(components["vae"]), **text}
 
 
 def to_ldm(unet, vae, text_encoder, openclip: bool) -> dict:

@@ -113,12 +113,122 @@ def test_sdxl_base_file_is_detected():
     assert (found.architecture, found.prediction_type) == (SDXL_BASE, "epsilon")
 
 
-def test_sdxl_base_file_is_refused_with_what_it_is(tmp_path):
+def test_sdxl_base_file_with_wrong_shapes_is_refused_in_one_line(tmp_path):
+    """The names of an SDXL base file with tensors of the wrong sizes: it is tried as SDXL base (the shipped
+    configs) and refused with what it was taken for, not a traceback."""
     path = names_only_file(tmp_path / "sd_xl_base_1.0.safetensors", sdxl_shapes())
     with pytest.raises(UserError) as excinfo:
         load_model(path, device="cpu")
-    assert "is an SDXL base checkpoint; SDXL single files do not load yet" in one_line(excinfo)
-    assert "--model FOLDER" in one_line(excinfo)
+    assert f"cannot load {path} as SDXL base" in one_line(excinfo)
+
+
+def tiny_sdxl_file(folder: Path, dtype: torch.dtype | None = None) -> tuple[Path, Path, dict]:
+    """A tiny SDXL written twice: as a diffusers folder (whose configs describe the file) and as one file in
+    sd_xl_base_1.0.safetensors' layout. Returns (file, folder, components)."""
+    from sdxl_tiny import save_tiny_sdxl_folder, tiny_sdxl_components
+    from ldm_layout import sdxl_to_ldm
+
+    components = tiny_sdxl_components(widths=(32, 48))  # two widths, as the release's 768 and 1280
+    save_tiny_sdxl_folder(folder / "tiny-sdxl", components=components)
+    path = folder / "tiny_sdxl_base.safetensors"
+    write_safetensors(path, sdxl_to_ldm(components), dtype)
+    return path, folder / "tiny-sdxl", components
+
+
+def test_sdxl_single_file_loads_as_the_model_it_was_written_from(tmp_path):
+    from editing.core.sdxl import SDXLModel
+
+    path, config, components = tiny_sdxl_file(tmp_path)
+    model = load_model(path, device="cpu", config=config)
+    assert isinstance(model, SDXLModel) and model.notes["checkpoint"] == "SDXL base single file"
+    assert model.notes["prediction_type"].startswith("epsilon")
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        expected, loaded = components[name].state_dict(), getattr(model, name).state_dict()
+        assert sorted(loaded) == sorted(expected), name
+        for key, tensor in expected.items():
+            assert torch.equal(loaded[key], tensor), (name, key)
+    folder_model = load_model(config, device="cpu")
+    prompts = ["a red circle", ""]
+    ours, theirs = model.encode_prompts(prompts), folder_model.encode_prompts(prompts)
+    assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.pooled, theirs.pooled)
+    assert ours.tokens[1].abs().amax() == 0  # the release's zeros for the empty prompt, from model_index.json
+    assert model.tokenizer_2.pad_token == "!" and model.tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_sdxl_single_file_edits_like_its_folder(tmp_path):
+    """The same edit through the file and through the folder: the same pictures, up to float rounding (the
+    weights are bit-equal; the pooled embedding differs by ~4e-7, a kernel's summation order, so at most one
+    level of 255 in a few pixels)."""
+    import numpy as np
+
+    from editing import EditRequest, edit
+
+    path, config, _ = tiny_sdxl_file(tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    request = EditRequest(image=Path("scene.png"), source_prompt="a red circle", target_prompts=("a blue circle",),
+                          steps=3, inner_steps=2)
+    from_file = edit(load_model(path, device="cpu", config=config), image, request)
+    from_folder = edit(load_model(config, device="cpu"), image, request)
+    pairs = ((from_file.reconstruction, from_folder.reconstruction), (from_file.edits[0], from_folder.edits[0]))
+    for ours, theirs in pairs:
+        difference = np.abs(ours.astype(int) - theirs)
+        assert difference.max() <= 1 and difference.mean() < 0.02, (difference.max(), difference.mean())
+
+
+def test_fp16_sdxl_file_keeps_the_text_encoders_and_vae_fp32(tmp_path):
+    """The released file is fp16: the UNet runs in the asked dtype, the encoders and the VAE in fp32 (their
+    values are the file's, rounded to fp16 once)."""
+    path, config, components = tiny_sdxl_file(tmp_path, torch.float16)
+    model = load_model(path, device="cpu", config=config)
+    for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
+        module = getattr(model, name)
+        assert next(module.parameters()).dtype == torch.float32, name
+        key, tensor = next(iter(components[name].state_dict().items()))
+        assert torch.equal(module.state_dict()[key], tensor.half().float()), (name, key)
+
+
+def test_a_config_folder_is_only_for_single_files(tmp_path):
+    with pytest.raises(UserError) as excinfo:
+        load_model("tiny-random", device="cpu", config=tmp_path)
+    assert "single checkpoint files" in one_line(excinfo)
+    path, _, _ = tiny_sdxl_file(tmp_path)
+    with pytest.raises(UserError) as excinfo:
+        load_model(path, device="cpu", config=tmp_path / "nowhere")
+    assert "unet/config.json" in one_line(excinfo)
+
+
+def test_the_full_size_sdxl_layout_converts_into_the_shipped_configs():
+    """sd_xl_base_1.0.safetensors' names at full size (our writer, on the meta device: no memory), converted by
+    the diffusers functions the loader uses, give every tensor of the modules the shipped configs build, each
+    in its shape: a released file loads with them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from editing.core.sdxl import build_sdxl_random
+    from ldm_layout import SDXL_OPENCLIP, sdxl_to_ldm
+
+    with torch.device("meta"):
+        ldm = sdxl_to_ldm(build_sdxl_random())
+    folder = SDXL_BASE.config_dir
+    configs = {part: json.loads((folder / part / "config.json").read_text()) for part in ("unet", "vae")}
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel.from_config(configs["unet"]), AutoencoderKL.from_config(configs["vae"])
+        clip = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+        big_g = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+    converted = {"unet": (unet, convert_ldm_unet_checkpoint(ldm, configs["unet"])),
+                 "vae": (vae, convert_ldm_vae_checkpoint(ldm, configs["vae"])),
+                 "text_encoder": (clip, convert_ldm_clip_checkpoint(ldm)),
+                 "text_encoder_2": (big_g, convert_open_clip_checkpoint(big_g, ldm, prefix=SDXL_OPENCLIP))}
+    for part, (module, tensors) in converted.items():
+        if not hasattr(module, "text_model"):  # transformers' flattened CLIPTextModel
+            tensors = {k.removeprefix("text_model."): t for k, t in tensors.items()}
+        expected = {k: tuple(t.shape) for k, t in module.state_dict().items()}
+        assert set(expected) <= set(tensors), (part, sorted(set(expected) - set(tensors))[:3])
+        wrong = [k for k, shape in expected.items() if tuple(tensors[k].shape) != shape]
+        assert not wrong, (part, wrong[:3])
+    assert sum(t.numel() for t in unet.parameters()) == 2_567_463_684
 
 
 def test_shipped_sdxl_configs_have_the_released_sizes():

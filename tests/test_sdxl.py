@@ -304,6 +304,27 @@ def test_cli_on_an_sdxl_folder_writes_the_full_contract(sdxl_folder, tmp_path):
     assert nulls.time_ids.tolist() == [[200, 300, 0, 16, 64, 64]] * 3
 
 
+def test_batch_conditions_each_photo_on_its_own_size(sdxl_folder, tmp_path):
+    """editing.batch gives SDXL each photo's size and crop, as editing.run does: two photos of different
+    sizes, two inversions in the cache, each with its photo's time ids."""
+    import skimage.data
+
+    from editing import batch as batch_module
+    from editing.cli import run_main
+    from editing.core.image_io import Crop, save_image
+
+    photos = tmp_path / "photos"
+    save_image(photos / "wide.png", skimage.data.chelsea()[:200, :300])
+    save_image(photos / "tall.png", skimage.data.chelsea()[:300, :120])
+    argv = ["--model", sdxl_folder, "--images", photos, "--source-prompt", "a cat sitting on a mirror",
+            "--target-prompt", "a tiger sitting on a mirror", "--steps", "3", "--inner-steps", "2", "--device", "cpu",
+            "--cache", tmp_path / "cache", "--out", tmp_path / "out", "--quiet"]
+    assert run_main(batch_module.main, [str(a) for a in argv]) == 0
+    found = sorted(Inversion.load(f).nulls.time_ids[0].tolist() for f in (tmp_path / "cache").glob("*.safetensors"))
+    expected = sorted(time_ids_of_photo(shape, Crop(), 64).tolist() for shape in ((200, 300, 3), (300, 120, 3)))
+    assert found == expected
+
+
 # ---------------------------------------------------------------- the Imagic family
 
 

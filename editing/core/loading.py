@@ -1,6 +1,6 @@
 """Loading a model for editing from what the user names: the embedded default, a random test model, a
-diffusers folder (fp16-variant-only folders too), a single checkpoint file (SD 1.x / 2.x in the original
-layout, built with the configs shipped in editing/assets/configs/), or a hub id in the local cache.
+diffusers folder (fp16-variant-only folders too), a single checkpoint file (SD 1.x / 2.x / SDXL base in the
+original layout, built with the configs shipped in editing/assets/configs/), or a hub id in the local cache.
 
 Nothing is downloaded unless asked (`download=True`, the CLIs' `--download`): every library call here runs
 with local_files_only=True inside `no_network()`, so a missing piece is reported as missing, with how to
@@ -16,21 +16,22 @@ from pathlib import Path
 
 import torch
 
-from editing.core.checkpoints import (SDXL_BASE, Architecture, Detected, clip_tokenizer, detect,
+from editing.core.checkpoints import (SDXL_BASE, Architecture, clip_tokenizer, detect,
                                       is_checkpoint_path, load_state_dict, read_shapes)
 from editing.core.errors import UserError
 from editing.core.model import (DEFAULT_MODEL_DIR, DEFAULT_NAMES, TINY_RANDOM_NAME, Model,
                                 _from_pipeline, _place, build_tiny_model, ddim_scheduler, pick_device, pick_dtype)
 from editing.core.offline import no_network, quiet_libraries
 from editing.core.sd_random import ARCHITECTURES, build_sd_random
-from editing.core.sdxl import load_sdxl
+from editing.core.sdxl import load_sdxl, place_sdxl
 
 # owner/name as the hub spells repositories (what may be downloaded; anything else is a local path)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 # The configs a single file is built from (a shipped folder, or the same files of the published repo).
 CONFIG_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
                 "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
-CONFIG_PATTERNS = ["*.json", "tokenizer/*.txt"]  # what --download fetches for a file's configs: a few KB
+SDXL_CONFIG_FILES = ("text_encoder_2/config.json", "tokenizer_2/tokenizer_config.json")  # SDXL's second encoder
+CONFIG_PATTERNS = ["*.json", "tokenizer/*.txt", "tokenizer_2/*.txt"]  # what --download fetches for a file's configs: a few KB
 # Weight files of a diffusers component, plain (`model.safetensors`) or a variant (`model.fp16.safetensors`).
 WEIGHT_FILE = re.compile(r"(?:diffusion_pytorch_model|model|pytorch_model)(?:-\d+-of-\d+)?"
                          r"(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.(?:safetensors|bin)")
@@ -46,7 +47,8 @@ def _hub_cache_dir() -> str:
 
 
 def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtype: str = "fp32", *,
-               prediction_type: str | None = None, download: bool = False, debug: bool = False) -> Model:
+               prediction_type: str | None = None, download: bool = False, debug: bool = False,
+               config: str | os.PathLike | None = None) -> Model:
     """Load a model for editing.
 
     spec: None or "default" -> the embedded default (the trained toyworld model when present, otherwise a
@@ -55,6 +57,8 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
     a hub id in the local Hugging Face cache, or fetched into it with download=True.
     prediction_type: "epsilon" or "v_prediction" for a single file whose weights do not say (SD 2.x: the
     default is the 768-v release; epsilon selects the 512 base configs). debug: show library warnings.
+    config: for a single file, the diffusers folder whose component configs describe it (default: the
+    shipped configs of the release its tensor names match; give one for a file of another size).
     """
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
@@ -64,6 +68,8 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
     if prediction_type is not None and not is_file:
         raise UserError(f"--prediction-type {prediction_type} applies to single checkpoint files (whose weights do "
                         "not say); a diffusers folder or hub id has it in its scheduler config")
+    if config is not None and not is_file:
+        raise UserError("a config folder applies to single checkpoint files; a diffusers folder or hub id has its own")
     if spec is None or spec in DEFAULT_NAMES:
         if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
             return _load_folder(DEFAULT_MODEL_DIR, "default", dev, torch_dtype, debug)
@@ -84,7 +90,8 @@ def load_model(spec: str | os.PathLike | None = None, device: str = "auto", dtyp
     if is_file:
         if not path.is_file():
             raise UserError(f"model file not found: {path}")
-        return _load_single_file(path, dev, torch_dtype, prediction_type, download, debug)
+        return _load_single_file(path, dev, torch_dtype, prediction_type, download, debug,
+                                 None if config is None else Path(config).expanduser())
     if path.exists():
         raise UserError(f"{path} is not a model: give a diffusers folder, a .safetensors or .ckpt file")
     return _load_hub_id(spec, dev, torch_dtype, download, debug)
@@ -185,20 +192,24 @@ def _has_weights(folder: Path) -> bool:
 # ---------------------------------------------------------------- single checkpoint files
 
 
-def _load_single_file(path: Path, device, dtype, prediction_type, download: bool, debug: bool) -> Model:
-    """An SD 1.x / 2.x checkpoint in the original layout: the architecture is read from the tensor names,
-    the components built from the shipped configs, the weights converted by diffusers."""
+def _load_single_file(path: Path, device, dtype, prediction_type, download: bool, debug: bool,
+                      config: Path | None = None) -> Model:
+    """An SD 1.x / 2.x / SDXL base checkpoint in the original layout: the architecture is read from the tensor
+    names, the components built from the shipped configs (or `config`), the weights converted by diffusers."""
     detected = detect(path, read_shapes(path), prediction_type)
-    if detected.architecture is SDXL_BASE:
-        return _load_sdxl_single_file(path, detected, device, dtype, download, debug)
-    config = _config_folder(detected.architecture, download, debug)
+    sdxl = detected.architecture is SDXL_BASE
+    if config is None:
+        config = _config_folder(detected.architecture, download, debug)
+    elif not (config / "unet" / "config.json").is_file():
+        raise UserError(f"config folder {config} has no unet/config.json: give a diffusers model folder (its "
+                        "weights are not needed, only the component configs)")
     label = detected.architecture.label
     try:
         with _offline(f"the {label} configs in {config}", debug):
-            unet, vae, text_encoder = _convert(path, config, dtype)
+            parts = _convert(path, config, dtype, sdxl)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise UserError(f"cannot load {path} as {label}: {_first_line(exc)}") from exc
-    for part, module in (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder)):
+    for part, module in parts.items():
         unloaded = [n for n, t in module.state_dict().items() if t.is_meta]
         if unloaded:
             raise UserError(f"{path} is incomplete: {len(unloaded)} {part} weights of {label} are missing from it "
@@ -206,31 +217,43 @@ def _load_single_file(path: Path, device, dtype, prediction_type, download: bool
     scheduler_config = json.loads((config / "scheduler" / "scheduler_config.json").read_text())
     scheduler = ddim_scheduler(dict(scheduler_config, prediction_type=detected.prediction_type))
     tokenizer = clip_tokenizer(config / "tokenizer")
-    model = _place((unet, vae, text_encoder, tokenizer, scheduler), str(path), device, dtype)
+    if sdxl:
+        force_zeros = json.loads((config / "model_index.json").read_text()).get("force_zeros_for_empty_prompt", True)
+        model = place_sdxl(dict(parts, tokenizer=tokenizer, tokenizer_2=clip_tokenizer(config / "tokenizer_2"),
+                                scheduler=scheduler), str(path), device, dtype, bool(force_zeros))
+    else:
+        model = _place((parts["unet"], parts["vae"], parts["text_encoder"], tokenizer, scheduler), str(path),
+                       device, dtype)
     model.notes = {"checkpoint": f"{label} single file", "prediction_type": detected.note}
     return model
 
 
-def _convert(path: Path, config: Path, dtype):
-    """(unet, vae, text_encoder) from the file's tensors; only the UNet in `dtype`."""
+def _convert(path: Path, config: Path, dtype, sdxl: bool) -> dict:
+    """{unet, vae, text_encoder[, text_encoder_2]} from the file's tensors; only the UNet in `dtype`.
+    diffusers tells SDXL's two encoders apart by their widths (CLIP ViT-L 768, OpenCLIP bigG 1280)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     checkpoint = load_state_dict(path)
     common = dict(config=str(config), local_files_only=True)
-    unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", torch_dtype=dtype, **common)
-    vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", torch_dtype=torch.float32, **common)
-    text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder",
-                                                        torch_dtype=torch.float32, **common)
-    return unet, vae, text_encoder
+    parts = {"unet": UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", torch_dtype=dtype, **common),
+             "vae": AutoencoderKL.from_single_file(checkpoint, subfolder="vae", torch_dtype=torch.float32, **common)}
+    encoders = {"text_encoder": CLIPTextModel}
+    if sdxl:
+        encoders["text_encoder_2"] = CLIPTextModelWithProjection
+    for name, cls in encoders.items():
+        parts[name] = create_diffusers_clip_model_from_ldm(cls, checkpoint, subfolder=name, torch_dtype=torch.float32,
+                                                           **common)
+    return parts
 
 
 def _config_folder(architecture: Architecture, download: bool, debug: bool) -> Path:
     """The shipped configs of an architecture; if they are missing (a broken install), the same files of its
     published repo from the local cache, or fetched with download=True."""
     shipped = architecture.config_dir
-    missing = [f for f in CONFIG_FILES if not (shipped / f).is_file()]
+    needed = CONFIG_FILES + (SDXL_CONFIG_FILES if architecture is SDXL_BASE else ())
+    missing = [f for f in needed if not (shipped / f).is_file()]
     if not missing:
         return shipped
     from huggingface_hub import snapshot_download
@@ -251,16 +274,6 @@ def _config_folder(architecture: Architecture, download: bool, debug: bool) -> P
             raise UserError(f"could not download {what}: {_first_line(exc)}") from exc
         raise UserError(f"{what} are not on this machine: reinstall the toolkit, or add --download to fetch "
                         "them into the Hugging Face cache") from exc
-
-
-# ---------------------------------------------------------------- SDXL: the one place it connects
-
-
-def _load_sdxl_single_file(path: Path, detected: Detected, device, dtype, download: bool, debug: bool) -> Model:
-    """An SDXL base single file is recognised (its keys) but not converted yet: say what works instead."""
-    raise UserError(f"{path} is an SDXL base checkpoint; SDXL single files do not load yet. SDXL diffusers folders "
-                    "do: convert it once with diffusers (StableDiffusionXLPipeline.from_single_file(FILE)"
-                    ".save_pretrained(FOLDER)) and give --model FOLDER")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -127,6 +127,19 @@ class Model:
         SDXL conditions on them (editing.core.sdxl)."""
         return self
 
+    def conditioning_key(self) -> str:
+        """What the prompts' conditioning depends on besides the weights ("" for SD; SDXL: the photo's time
+        ids)."""
+        return ""
+
+    @property
+    def inversion_fingerprint(self) -> str:
+        """The model part of an inversion's identity: the weights' fingerprint and, where the conditioning
+        depends on the photo (SDXL's time ids), that too, so an inversion made for another photo size is never
+        reused. SD models: the fingerprint itself."""
+        key = self.conditioning_key()
+        return f"{self.fingerprint}:{key}" if key else self.fingerprint
+
     def attention_limits(self) -> dict:
         """Prompt-to-Prompt's map-size limits for this model (P2PConfig fields); {} keeps the reference's."""
         return {}

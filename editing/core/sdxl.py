@@ -108,6 +108,9 @@ class SDXLModel(Model):
         and crop as time ids, for the source and the edits alike."""
         return replace(self, photo_time_ids=time_ids_of_photo(photo_shape, crop, self.resolution))
 
+    def conditioning_key(self) -> str:
+        return "time_ids=" + ",".join(str(int(v)) for v in self.default_time_ids().tolist())
+
     def default_time_ids(self) -> torch.Tensor:
         """(6,): the photo's (`for_photo`); else a picture at the model's resolution, uncropped (what
         diffusers uses for generation)."""
