@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from editing.core.errors import UserError
+from editing.core.prompts import check_prompt_length
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
@@ -153,10 +154,7 @@ class Model:
         takes is an error, never truncated."""
         tokenizer = self.tokenizer if tokenizer is None else tokenizer
         for prompt in prompts:
-            n = len(tokenizer(prompt, truncation=False).input_ids)
-            if n > self.max_tokens:
-                raise UserError(f"prompt has {n} tokens, the text encoder takes at most {self.max_tokens} "
-                                f"(start and end tokens included); shorten it: {prompt[:60]!r}...")
+            check_prompt_length(prompt, tokenizer, self.max_tokens)
         ids = tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
                              truncation=True, return_tensors="pt").input_ids
         return ids.to(self.device)
