@@ -70,6 +70,8 @@ CHANGED_DILATION = 1  # pixels around the ground-truth change that count as chan
 LAYOUT_TOLERANCE_PX = 3.0  # reference px (of 64): the checker reads a clean render's centre within ~1 px
 EXAMPLES = 8  # scenes per method in examples.png
 PARTS = ("reconstruction", "edits")
+# Why an edit failed (a scene may have several): the checker's reading against the ground-truth twin.
+FAILURE_REASONS = ("wrong colour", "wrong shape", "wrong background", "layout moved")
 # The default photos of the reconstruction part: scikit-image's loader name and a caption of the photo.
 DEFAULT_PHOTOS = (("chelsea", "a photo of a cat"), ("astronaut", "an astronaut in a white suit"),
                   ("coffee", "a cup of coffee on a saucer"), ("rocket", "a rocket on a launch pad"))
@@ -194,6 +196,24 @@ def score_edit(pair: dict, edit: np.ndarray, reconstruction: np.ndarray) -> dict
             "reconstruction_psnr": min(psnr(reconstruction, pair["image"]), PSNR_CAP_DB)}
 
 
+def failure_reasons(row: dict) -> list[str]:
+    """The reasons a scored edit is not right with its layout kept (empty when it is)."""
+    moved = row["layout_shift_px"] is None or row["layout_shift_px"] > LAYOUT_TOLERANCE_PX
+    found = [not row["colour"], not row["shape"], not row["background"], moved]
+    return [reason for reason, failed in zip(FAILURE_REASONS, found) if failed]
+
+
+def failures_by_kind(rows: list[dict]) -> dict:
+    """{kind of edit: {"scenes": n, "right, layout kept": n, reason: n, ...}}."""
+    table = {}
+    for kind in sorted({r["attribute"] for r in rows}):
+        of_kind = [r for r in rows if r["attribute"] == kind]
+        reasons = [failure_reasons(r) for r in of_kind]
+        table[kind] = {"scenes": len(of_kind), "right, layout kept": sum(not found for found in reasons),
+                       **{reason: sum(reason in found for found in reasons) for reason in FAILURE_REASONS}}
+    return table
+
+
 def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None, args,
                     out: Path) -> tuple[dict, list]:
     """Edit every scene with one method; its summary and the examples' images."""
@@ -234,6 +254,8 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
                "layout_kept": float(np.mean([s is not None and s <= LAYOUT_TOLERANCE_PX
                                              for s in (r["layout_shift_px"] for r in rows)])),
                "layout_shift_px_median": float(np.median(shifts)) if shifts else None,
+               "right_with_layout_kept": float(np.mean([not failure_reasons(r) for r in rows])),
+               "failures_by_kind": failures_by_kind(rows),
                "reconstruction_psnr_db": float(np.mean([r["reconstruction_psnr"] for r in rows])),
                "per_scene": rows}
     return summary, examples
@@ -282,6 +304,13 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
                          f"| {r['reconstruction_psnr_db']:.2f} | {r['seconds_per_scene']} |")
         lines += ["", f"Layout kept: the checker reads the main shape's centre within {LAYOUT_TOLERANCE_PX:g} px "
                       "(of 64) of the ground truth's. PSNRs are capped at 100 dB (identical pixels)."]
+        lines += ["", "### Why edits fail (scenes per kind of edit; a failed edit may have several reasons)", "",
+                  "| method | kind of edit | scenes | right, layout kept | " + " | ".join(FAILURE_REASONS) + " |",
+                  "|---" * (4 + len(FAILURE_REASONS)) + "|"]
+        for r in edits:
+            for kind, counts in r["failures_by_kind"].items():
+                lines.append(f"| {r['method']} | {kind} | {counts['scenes']} | {counts['right, layout kept']} | "
+                             + " | ".join(str(counts[reason]) for reason in FAILURE_REASONS) + " |")
     return "\n".join(lines) + "\n"
 
 

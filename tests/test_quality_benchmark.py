@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.metrics import decode_pie_mask, encode_pie_mask, masked_psnr, region_metrics
-from benchmarks.quality import main, unchanged_region
+from benchmarks.quality import FAILURE_REASONS, failure_reasons, failures_by_kind, main, unchanged_region
 from editing.core.metrics import PSNR_CAP_DB, ssim
 from editing.cli import run_main
 from editing.core.image_io import read_image, save_image
@@ -61,6 +61,23 @@ def test_benchmark_writes_its_files(tmp_path):
     assert np.isfinite(result["edit_psnr_db"]) and np.isfinite(result["reconstruction_psnr_db"])
     assert "direct + P2P replace" in (tmp_path / "quality.md").read_text()
     assert (tmp_path / "examples.png").stat().st_size > 0
+    reasons = [failure_reasons(row) for row in result["per_scene"]]
+    assert result["right_with_layout_kept"] == np.mean([not found for found in reasons])
+    assert sum(c["scenes"] for c in result["failures_by_kind"].values()) == 2
+    assert "### Why edits fail" in (tmp_path / "quality.md").read_text()
+
+
+def test_failure_reasons_name_what_the_checker_read_wrong():
+    right = {"attribute": "colour", "colour": True, "shape": True, "background": True, "layout_shift_px": 1.0}
+    rows = [right, {**right, "colour": False}, {**right, "shape": False, "layout_shift_px": 5.0},
+            {**right, "attribute": "shape", "layout_shift_px": None}, {**right, "attribute": "shape", "background": False}]
+    assert [failure_reasons(r) for r in rows] == [[], ["wrong colour"], ["wrong shape", "layout moved"],
+                                                  ["layout moved"], ["wrong background"]]
+    table = failures_by_kind(rows)
+    assert table["colour"] == {"scenes": 3, "right, layout kept": 1, "wrong colour": 1, "wrong shape": 1,
+                               "wrong background": 0, "layout moved": 1}
+    assert table["shape"]["scenes"] == 2 and table["shape"]["right, layout kept"] == 0
+    assert set(table["shape"]) == {"scenes", "right, layout kept", *FAILURE_REASONS}
 
 
 # --- the extended suite: SSIM, reconstruction, every editing method, the PIE-Bench runner -------------------
