@@ -22,7 +22,7 @@ def _maps_at(store: AttentionStore, kind: str, row: int, side: int | None) -> tu
     return torch.stack(chosen).mean(0), side
 
 
-def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     heat = (255 * (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)).astype(np.uint8)
     heat = cv2.resize(heat, image.shape[1::-1], interpolation=cv2.INTER_CUBIC)
     colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
@@ -37,7 +37,7 @@ def cross_attention_heatmaps(store: AttentionStore, row: int, prompt: str, token
     images, captions = [], []
     for position, token_id in enumerate(ids, start=1):
         heat = maps[:, position].reshape(side, side).cpu().numpy()
-        images.append(_overlay(image, heat))
+        images.append(overlay(image, heat))
         captions.append(tokenizer.decode([token_id]).strip())
     return images, captions
 
@@ -49,5 +49,5 @@ def self_attention_components(store: AttentionStore, row: int, image: np.ndarray
     maps = maps.double().cpu()
     _, _, vh = torch.linalg.svd(maps - maps.mean(0, keepdim=True), full_matrices=False)
     count = min(count, vh.shape[0])
-    images = [_overlay(image, vh[i].reshape(side, side).numpy()) for i in range(count)]
+    images = [overlay(image, vh[i].reshape(side, side).numpy()) for i in range(count)]
     return images, [f"component {i + 1}" for i in range(count)]

@@ -1,0 +1,215 @@
+"""Why the default model edits worse than it draws: measurements of the model and its world, before any
+retraining (issue: a default model that edits as well as it draws).
+
+- coverage: the training scenes of the model's recipe (toyworld/model/training.json: seed, n_train, share
+  of two-shape scenes), re-drawn without rendering: how often each (colour, shape, background) of the main
+  shape occurs, the sizes and positions drawn, and what the world cannot draw at all (rotations);
+- vae: the autoencoder's round trip of the benchmark's scenes (the quality suite's seed): PSNR, and whether
+  the checker still reads every attribute right, per colour. An edit cannot be more right than this;
+- attention: one DDIM inversion and one reconstruction of each scene under its caption with the attention
+  stored: the share of the colour and shape words' cross-attention that falls on the shape (against the
+  shape's share of the image, what uniform attention would give), and the background word's share off it.
+  Words that attend where their attribute is are what Prompt-to-Prompt's replace needs;
+- caption dropout: the share of training steps that saw the empty prompt (the null branch every edit's
+  guidance leans on), from the recipe.
+
+Example (the embedded default model; a few minutes on one CPU core):
+  python -m benchmarks.editability --n 20 --out out/editability
+Writes editability.json, editability.md and attention.png (each scene: the picture, then the colour, shape
+and background words' maps). Exit codes: 0 done, 2 bad input or usage (one `error:` line), 1 a failure.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from attention.controllers import AttentionStore
+from attention.heatmaps import overlay
+from benchmarks.quality import SEED
+from editing.cli import EXIT_OK, Parser, run_main
+from editing.core.errors import UserError
+from editing.core.files import atomic_write, write_json
+from editing.core.image_io import image_grid, save_image
+from editing.core.loading import load_model
+from editing.core.metrics import psnr
+from editing.core.model import DEFAULT_MODEL_DIR
+from editing.core.sampling import sample
+from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, source_conditioning
+from toyworld.checker import check
+from toyworld.world import BACKGROUNDS, COLOURS, SHAPES, edit_pairs, random_scene, shape_coverage
+
+PARTS = ("coverage", "vae", "attention")
+EXAMPLE_SCENES = 6  # rows of attention.png
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m benchmarks.editability", description=__doc__,
+               formatter_class=lambda prog: __import__("argparse").RawDescriptionHelpFormatter(prog, width=100))
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure (default all)")
+    p.add_argument("--n", type=int, default=20, help="benchmark scenes for vae and attention (default 20)")
+    p.add_argument("--model", default=None, help="model spec (default: the embedded default model)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="out/editability")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def training_recipe() -> dict:
+    record = DEFAULT_MODEL_DIR / "training.json"
+    if not record.is_file():
+        raise UserError(f"coverage needs the default model's training record {record}")
+    return json.loads(record.read_text())
+
+
+def coverage(recipe: dict) -> dict:
+    """The recipe's training scenes, drawn again from its seed (the same generator as toyworld.train)."""
+    config = recipe["config"]
+    rng = np.random.default_rng(config["seed"])
+    scenes = [random_scene(rng, two_shapes_prob=config["two_shapes_prob"]) for _ in range(config["n_train"])]
+    combos = Counter((s.main.colour, s.main.kind, s.background) for s in scenes)
+    possible = [(c, k, b) for c in COLOURS for k in SHAPES for b in BACKGROUNDS if c != b]
+    counts = [combos.get(c, 0) for c in possible]
+    sizes = [s.main.size for s in scenes]
+    return {"scenes": len(scenes), "two_shape_scenes": sum(len(s.shapes) == 2 for s in scenes),
+            "combinations_possible": len(possible), "combinations_seen": sum(n > 0 for n in counts),
+            "scenes_per_combination": {"min": min(counts), "median": float(np.median(counts)), "max": max(counts)},
+            "main_shape_size_px": {"min": round(min(sizes), 2), "max": round(max(sizes), 2)},
+            "rotated_shapes": 0,
+            "note": "the world draws squares and triangles upright only (toyworld.world.Shape has no angle): a "
+                    "rotated square or triangle is outside everything the model saw"}
+
+
+def vae_round_trip(model, pairs: list[dict]) -> dict:
+    images = np.stack([p["image"] for p in pairs])
+    with torch.no_grad():
+        back = model.decode_latents(model.encode_images(images))
+    by_colour: dict[str, list[bool]] = {}
+    rows = []
+    for pair, image in zip(pairs, back):
+        right = all(check(image, pair["scene"]).values())
+        by_colour.setdefault(pair["scene"].main.colour, []).append(right)
+        rows.append({"psnr_db": psnr(image, pair["image"]), "read_right": right})
+    return {"psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
+            "read_right": float(np.mean([r["read_right"] for r in rows])),
+            "read_right_by_colour": {c: float(np.mean(v)) for c, v in sorted(by_colour.items())},
+            "per_scene": rows}
+
+
+def word_position(tokenizer, prompt: str, word: str) -> int:
+    """The index (start token = 0) of the word's first token in the prompt's ids."""
+    ids = tokenizer(prompt).input_ids
+    first = tokenizer(word, add_special_tokens=False).input_ids[0]
+    if first not in ids:
+        raise ValueError(f"{word!r} is not a token of {prompt!r}")
+    return ids.index(first)
+
+
+def attention_shares(model, pairs: list[dict], steps: int, guidance: float, disable: bool) -> tuple[dict, list]:
+    """Per word (colour, shape, background): the share of its cross-attention on the shape (off it for the
+    background), and the shape's share of the picture (uniform attention's)."""
+    images = np.stack([p["image"] for p in pairs])
+    prompts = [p["caption"] for p in pairs]
+    records = invert(model, images, prompts, InversionConfig(method="ddim", steps=steps, guidance=guidance),
+                     disable=disable)
+    conditioning, schedule = source_conditioning(model, records)
+    store = AttentionStore(len(pairs))
+    x_T = torch.stack([r.x_T for r in records]).to(model.device)
+    sample(model, x_T, conditioning, schedule, guidance, controller=store, disable=disable, desc="attention")
+    maps = store.average("cross")
+    side = max(int(round(m.shape[1] ** 0.5)) for m in maps)
+    rows, pictures = [], []
+    for b, pair in enumerate(pairs):
+        scene, prompt = pair["scene"], prompts[b]
+        mask = cv2.resize(shape_coverage(scene, scene.main_index, 64), (side, side), interpolation=cv2.INTER_AREA)
+        mask = mask.reshape(-1).astype(np.float64)
+        area = float(mask.mean())
+        same_side = [m[b].double().cpu().numpy() for m in maps if m.shape[1] == side * side]
+        average = np.mean(same_side, 0)  # (Q, K)
+        words = {"colour": scene.main.colour, "shape": scene.main.kind, "background": BACKGROUNDS[scene.background]}
+        row = {"shape_area": area}
+        heat = []
+        for role, word in words.items():
+            column = average[:, word_position(model.tokenizer, prompt, word)]
+            on_shape = float((column * mask).sum() / column.sum())
+            row[role] = 1.0 - on_shape if role == "background" else on_shape
+            heat.append(column.reshape(side, side))
+        rows.append(row)
+        if b < EXAMPLE_SCENES:
+            pictures += [pair["image"]] + [overlay(pair["image"], h) for h in heat]
+    summary = {"map_side": side, "shape_area": float(np.mean([r["shape_area"] for r in rows]))}
+    for role in ("colour", "shape", "background"):
+        summary[role] = float(np.mean([r[role] for r in rows]))
+    summary["per_scene"] = rows
+    return summary, pictures
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Editability of the model", "", f"model `{report['model']}` ({report['fingerprint']}), {report['date']}"]
+    if "coverage" in report:
+        c = report["coverage"]
+        spc = c["scenes_per_combination"]
+        lines += ["", "## What the model was trained on", "",
+                  f"{c['scenes']} training scenes ({c['two_shape_scenes']} with two shapes); "
+                  f"{c['combinations_seen']} of {c['combinations_possible']} (colour, shape, background) "
+                  f"combinations of the main shape occur, {spc['min']} to {spc['max']} times each (median "
+                  f"{spc['median']:g}); main-shape size {c['main_shape_size_px']['min']}-"
+                  f"{c['main_shape_size_px']['max']} px (of 64); rotated shapes: {c['rotated_shapes']} ({c['note']})."]
+        if report.get("caption_dropout") is not None:
+            lines += ["", f"Caption dropout (training steps on the empty prompt): {report['caption_dropout']:.0%}."]
+    if "vae" in report:
+        v = report["vae"]
+        colours = ", ".join(f"{c} {r:.2f}" for c, r in v["read_right_by_colour"].items())
+        lines += ["", "## The autoencoder's round trip", "",
+                  f"PSNR {v['psnr_db']:.2f} dB; the checker reads every attribute right on {v['read_right']:.2f} "
+                  f"of the round trips (per colour of the main shape: {colours})."]
+    if "attention" in report:
+        a = report["attention"]
+        lines += ["", f"## Where the words attend ({a['map_side']} x {a['map_side']} maps, averaged over layers "
+                      "and steps)", "",
+                  "| word | share of its attention where its attribute is | uniform attention would give |",
+                  "|---|---|---|",
+                  f"| colour word | {a['colour']:.3f} (on the shape) | {a['shape_area']:.3f} |",
+                  f"| shape word | {a['shape']:.3f} (on the shape) | {a['shape_area']:.3f} |",
+                  f"| background word | {a['background']:.3f} (off the shape) | {1 - a['shape_area']:.3f} |"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.n < 1 or args.steps < 1:
+        raise UserError("--n and --steps must be at least 1")
+    model = load_model(args.model, device=args.device)
+    out = Path(args.out)
+    report = {"model": model.name, "fingerprint": model.fingerprint, "date": time.strftime("%Y-%m-%d"),
+              "command": "python -m benchmarks.editability " + " ".join(argv), "scenes": args.n}
+    pairs = edit_pairs(SEED, args.n, size=model.resolution)
+    if "coverage" in args.parts:
+        recipe = training_recipe()
+        report["coverage"] = coverage(recipe)
+        report["caption_dropout"] = recipe["config"].get("caption_dropout")
+    if "vae" in args.parts:
+        report["vae"] = vae_round_trip(model, pairs)
+    if "attention" in args.parts:
+        report["attention"], pictures = attention_shares(model, pairs, args.steps, args.guidance, args.quiet)
+        captions = ["scene", "colour word", "shape word", "background word"] * (len(pictures) // 4)
+        save_image(out / "attention.png", image_grid(pictures, captions, cols=4))
+    write_json(out / "editability.json", report)
+    text = markdown(report)
+    atomic_write(out / "editability.md", text)
+    print(text)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,40 @@
+"""benchmarks.editability: the diagnosis of the default model's editability runs end to end, and its
+attention share is the share of a word's attention mass on the shape's pixels."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.editability import coverage, main, training_recipe, word_position
+from editing.cli import run_main
+from editing.core.model import build_tiny_model
+
+
+def test_runs_on_a_tiny_model_and_writes_its_files(tmp_path):
+    code = run_main(main, ["--model", "tiny-random", "--n", "2", "--steps", "2", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "editability.json").read_text())
+    attention = report["attention"]
+    for row in attention["per_scene"]:
+        for role in ("colour", "shape", "background"):
+            assert 0.0 <= row[role] <= 1.0
+        assert 0.0 < row["shape_area"] < 1.0
+    assert len(report["vae"]["per_scene"]) == 2 and (tmp_path / "attention.png").stat().st_size > 0
+    assert "Where the words attend" in (tmp_path / "editability.md").read_text()
+
+
+def test_coverage_redraws_the_recipe_s_scenes():
+    recipe = training_recipe()
+    small = {**recipe, "config": {**recipe["config"], "n_train": 500}}
+    found = coverage(small)
+    assert found["scenes"] == 500 and found["combinations_seen"] <= found["combinations_possible"] == 114
+    assert 0 < found["two_shape_scenes"] < 500  # the recipe's 10 % two-shape scenes
+
+
+def test_word_position_finds_the_word_after_the_start_token():
+    tokenizer = build_tiny_model()[3]
+    prompt = "a red circle on a gray background"
+    assert [word_position(tokenizer, prompt, w) for w in ("red", "circle", "gray")] == [2, 3, 6]
+    with pytest.raises(ValueError):
+        word_position(tokenizer, prompt, "blue")
