@@ -24,8 +24,8 @@ grid.png, summary.json), report.json and report.md, and the inversion cache (.ca
 --cache). A finished image (its summary.json and every output it lists present) is skipped when the
 batch runs again (--no-resume to refuse that, --overwrite to redo it). Every file is written under a
 temporary name and renamed, so a run killed at any moment leaves no half-written file.
-One batch at a time writes into an --out folder (a lock on OUT/.lock): a second one started on the same
-folder stops with an error naming the first one's process. Nothing is written outside --out (or --cache):
+One batch at a time writes into an --out folder (a lock on OUT/.lock): a second one (or a second multi-process
+launch) started on the same folder stops with an error naming the first one's process. Nothing is written outside --out (or --cache):
 a link planted inside it is refused, not followed, and no output may replace an input file.
 Under `accelerate launch` each process edits a disjoint share of the images and the main process merges
 the reports. Exit codes: 0 all done, 1 some image failed (see the report), 2 bad input or usage (one
@@ -357,10 +357,13 @@ def write_report(out: OutputFolder, entries: list[dict], wall_s: float, processe
 
 
 @contextmanager
-def batch_lock(out: OutputFolder, shared: bool):
-    """Hold OUT/.lock for the whole run, so two batches never write into one folder at once: exclusive for a
-    single process; shared by the processes of one `accelerate launch` (which split the images), which still
-    keeps a single-process batch out. A second batch stops at once with a UserError naming the holder."""
+def batch_lock(out: OutputFolder, state, launch: str | None = None):
+    """Hold OUT/.lock for the whole run, so two batches never write into one folder at once.
+
+    The main process takes it, exclusively, and writes its launch's identity into it; under `accelerate
+    launch` the other processes of the launch wait for it at a barrier, then check the identity is their
+    launch's. A second batch (one process or a whole launch) stops with a UserError naming the holder.
+    launch: this launch's identity (default `launch_identity(state)`)."""
     try:
         import fcntl
     except ImportError:  # not POSIX (Windows): no lock
@@ -368,19 +371,38 @@ def batch_lock(out: OutputFolder, shared: bool):
         return
     path = out.path(LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    launch = launch_identity(state) if launch is None else launch
     try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(f"another editing.batch (process {holder}) is writing into {out.folder}; wait for it "
-                            "to finish, or give another --out") from None
-        if not shared:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        refused = None
+        if state.is_main_process:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{launch}\n".encode(), 0)
+            except BlockingIOError:
+                refused = _holder(fd)
+        if state.num_processes > 1:
+            state.wait_for_everyone()  # every process passes here, also a refused main process
+            if not state.is_main_process and _holder(fd) != launch:
+                refused = _holder(fd)
+        if refused is not None:
+            raise UserError(f"another editing.batch (process {refused}) is writing into {out.folder}; wait for it "
+                            "to finish, or give another --out")
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def launch_identity(state) -> str:
+    """Who holds the lock: this process, or (under `accelerate launch`) the launcher every process of the
+    launch is a child of, with the launch's rendezvous port."""
+    if state.num_processes == 1:
+        return str(os.getpid())
+    return f"{os.getppid()} (launch on port {os.environ.get('MASTER_PORT', '?')})"
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 128, 0).decode(errors="replace").strip() or "unknown"
 
 
 def batch_inputs(batch, shared, jobs: list[Job]) -> list:
@@ -414,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_folder = OutputFolder.prepare(batch.cache, inputs, "--cache") if batch.cache \
         else out.child(*CACHE_SUBDIR.parts)
     state = distributed_state(shared.device)
-    with batch_lock(out, shared=state.num_processes > 1):
+    with batch_lock(out, state):
         return run_batch(batch, shared, jobs, state, out, InversionCache(cache_folder), start)
 
 

@@ -336,3 +336,60 @@ def test_a_finished_edit_with_other_pixel_options_is_never_skipped(tmp_path, cha
     assert batch(folder_argv(photos, out, *change, "--overwrite")) == 0
     assert by_name(report_of(out))["a-circle"]["status"] == "done"
     assert check(check_outputs(out / "a-circle"))
+
+
+class Rank:
+    """One process of a simulated `accelerate launch` (threads stand in for the processes)."""
+
+    def __init__(self, index: int, count: int, barrier):
+        self.process_index, self.num_processes, self.barrier = index, count, barrier
+        self.is_main_process = index == 0
+
+    def wait_for_everyone(self):
+        self.barrier.wait(timeout=30)
+
+
+def test_a_second_launch_on_the_same_out_is_refused_by_every_process(tmp_path):
+    """Two multi-process launches on one --out: the first holds the lock; each process of the second stops."""
+    import threading
+
+    from editing.batch import batch_lock
+    from editing.core.errors import UserError
+    from editing.core.outputs import OutputFolder
+
+    out = OutputFolder.prepare(tmp_path / "out")
+    first_in, release = threading.Event(), threading.Event()
+    outcomes: dict = {}
+
+    def run(name: str, rank: Rank, launch: str, hold: bool):
+        try:
+            with batch_lock(out, rank, launch):
+                outcomes[name] = "ran"
+                if hold:
+                    first_in.set()
+                    release.wait(timeout=30)
+        except UserError as exc:
+            outcomes[name] = str(exc)
+
+    def launch(tag: str, hold: bool) -> list:
+        barrier = threading.Barrier(2)
+        return [threading.Thread(target=run, args=(f"{tag}{k}", Rank(k, 2, barrier), f"launch {tag}", hold))
+                for k in range(2)]
+
+    first = launch("A", hold=True)
+    for t in first:
+        t.start()
+    assert first_in.wait(timeout=30)
+    second = launch("B", hold=False)
+    for t in second:
+        t.start()
+    for t in second:
+        t.join(timeout=30)
+    release.set()
+    for t in first:
+        t.join(timeout=30)
+    assert outcomes["A0"] == outcomes["A1"] == "ran"
+    for name in ("B0", "B1"):
+        assert "another editing.batch (process launch A)" in outcomes[name], outcomes
+    with batch_lock(out, Rank(0, 1, None), "later"):  # released: the next batch runs
+        pass
