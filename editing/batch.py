@@ -24,9 +24,10 @@ grid.png, summary.json), report.json and report.md, and the inversion cache (.ca
 --cache). A finished image (its summary.json and every output it lists present) is skipped when the
 batch runs again (--no-resume to refuse that, --overwrite to redo it). Every file is written under a
 temporary name and renamed, so a run killed at any moment leaves no half-written file.
-One batch at a time writes into an --out folder (a lock on OUT/.lock): a second one (or a second multi-process
-launch) started on the same folder stops with an error naming the first one's process. Nothing is written outside --out (or --cache):
-a link planted inside it is refused, not followed, and no output may replace an input file.
+One batch at a time writes into an --out folder (a lock on OUT/.lock): a second one (or a second
+multi-process launch) started on the same folder stops with an error naming the first one's process.
+Nothing is written outside --out (or --cache): a link planted inside it is refused, not followed, and no
+output may replace an input file.
 Under `accelerate launch` each process edits a disjoint share of the images and the main process merges
 the reports. Exit codes: 0 all done, 1 some image failed (see the report), 2 bad input or usage (one
 `error:` line).
