@@ -147,6 +147,9 @@ def test_sd_random_architectures_are_labelled_random():
     assert not timing.random_weights(SimpleNamespace(name="default"))
 
 
+BLOCK_MIB = 600
+
+
 def test_peak_memory_is_reset_per_run():
     from editing.core.metrics import peak_memory_mb, reset_peak_memory
 
@@ -154,13 +157,15 @@ def test_peak_memory_is_reset_per_run():
     if not reset_peak_memory(device):
         pytest.skip("this system cannot reset the peak resident set size")
     assert "reset per run" in timing.memory_kind(device)
+    # A block well above the noise of a long test process (its other pages come and go by ~100 MiB while
+    # the block is written: the kernel reclaims file pages, other threads free memory).
     low = peak_memory_mb(device)
-    block = np.ones(200 * 2 ** 20, np.uint8)  # 200 MiB resident
+    block = np.ones(BLOCK_MIB * 2 ** 20, np.uint8)  # resident: every page written
     high = peak_memory_mb(device)
     del block
-    assert high > low + 150  # the peak saw the block
+    assert high > low + BLOCK_MIB * 2 / 3  # the peak saw the block
     reset_peak_memory(device)
-    assert peak_memory_mb(device) < high - 150
+    assert peak_memory_mb(device) < high - BLOCK_MIB * 2 / 3
 
 
 def test_bar_chart_axis_steps_and_shape():
