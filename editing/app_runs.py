@@ -29,10 +29,11 @@ from editing.core.files import atomic_write
 from editing.core.image_io import prepare_image, read_image
 from editing.core.model import DTYPES
 from editing.core.progress import watch
+from editing.inversion_cache import inversion_key
 from editing.methods import run_edit
 from editing.request import EditRequest, parse_crop
 from inversion.invert import InversionConfig, invert
-from inversion.record import Inversion, combine, fingerprint_parts
+from inversion.record import Inversion
 
 UPLOADS = "uploads"  # inside --out: every photo and mask the page sent, named by its content
 # Source inversions kept in memory (a record of the default model is ~100 KB, of SD 1.5 at 50 steps ~40 MB
@@ -125,9 +126,7 @@ class InversionMemory:
         self.records: OrderedDict[str, Inversion] = OrderedDict()
         self.computed = 0  # inversions actually run (the rest were reused)
 
-    @staticmethod
-    def key(model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
-        return combine(fingerprint_parts(image, prompt, model.inversion_fingerprint, config.method, config.params()))
+    key = staticmethod(inversion_key)
 
     def for_run(self, run: Run) -> Callable:
         """editing.methods' invert_source for one run, noting on the run whether it reused a record."""

@@ -28,6 +28,11 @@ from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion, combine, fingerprint_parts
 
 
+
+def inversion_key(model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
+    """The fingerprint the record of this photo, prompt, model and inversion will carry (`Inversion.fingerprint`)."""
+    return combine(fingerprint_parts(image, prompt, model.inversion_fingerprint, config.method, config.params()))
+
 class InversionCache:
     """Inversions by fingerprint, on disk in `folder` (kept, with trajectories) or, without one, in memory
     (each record handed out once)."""
@@ -39,8 +44,9 @@ class InversionCache:
         # fingerprint -> seconds spent inverting it in this run, until the first edit that uses it claims it
         self.computed: dict[str, float] = {}
 
-    def key(self, model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
-        return combine(fingerprint_parts(image, prompt, model.inversion_fingerprint, config.method, config.params()))
+    @staticmethod
+    def key(model, image: np.ndarray, prompt: str, config: InversionConfig) -> str:
+        return inversion_key(model, image, prompt, config)
 
     def path(self, key: str) -> Path:
         if self.folder is None:

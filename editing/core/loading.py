@@ -31,11 +31,13 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 CONFIG_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
                 "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
 SDXL_CONFIG_FILES = ("text_encoder_2/config.json", "tokenizer_2/tokenizer_config.json")  # SDXL's second encoder
-CONFIG_PATTERNS = ["*.json", "tokenizer/*.txt", "tokenizer_2/*.txt"]  # what --download fetches for a file's configs: a few KB
+# what --download fetches for a file's configs: a few KB
+CONFIG_PATTERNS = ["*.json", "tokenizer/*.txt", "tokenizer_2/*.txt"]
 # Weight files of a diffusers component, plain (`model.safetensors`) or a variant (`model.fp16.safetensors`).
 WEIGHT_FILE = re.compile(r"(?:diffusion_pytorch_model|model|pytorch_model)(?:-\d+-of-\d+)?"
                          r"(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.(?:safetensors|bin)")
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+PART_LABELS = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder", "text_encoder_2": "second text encoder"}
 PREFERRED_VARIANT = "fp16"  # when a folder offers several variants and no plain weights
 _quiet_loading = quiet_libraries  # the name benchmarks/pie.py imports
 
@@ -212,8 +214,8 @@ def _load_single_file(path: Path, device, dtype, prediction_type, download: bool
     for part, module in parts.items():
         unloaded = [n for n, t in module.state_dict().items() if t.is_meta]
         if unloaded:
-            raise UserError(f"{path} is incomplete: {len(unloaded)} {part} weights of {label} are missing from it "
-                            f"(e.g. {unloaded[0]!r})")
+            raise UserError(f"{path} is incomplete: {len(unloaded)} {PART_LABELS[part]} weights of {label} are "
+                            f"missing from it (e.g. {unloaded[0]!r})")
     scheduler_config = json.loads((config / "scheduler" / "scheduler_config.json").read_text())
     scheduler = ddim_scheduler(dict(scheduler_config, prediction_type=detected.prediction_type))
     tokenizer = clip_tokenizer(config / "tokenizer")
