@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.line_chart import line_chart
-from benchmarks.quality import SEED, score_edit
+from benchmarks.quality import add_scene_options, benchmark_scenes, scene_settings, scenes_name, score_edit
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import atomic_write, write_json
@@ -40,7 +40,6 @@ from editing.learned_embedding import DEFAULT_EMBEDDING, LearnedEmbeddingConfig,
 from editing.null_finetune import NullFinetuneConfig, edit_null_finetune
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert
 from inversion.null_text import NullTextConfig
-from toyworld.world import edit_pairs
 
 CURVES = ("null-finetune", "learned-embedding", "finetune-embedding")
 DEFAULT_ETAS = "0,0.2,0.4,0.6,0.8,1"  # the thesis' sweep of eta over [0, 1] (its Fig. 4.5-4.8)
@@ -61,6 +60,7 @@ def build_parser() -> Parser:
     p.add_argument("--interp", default=None, help=f"N values (default steps, steps/2, {SMALL_N})")
     p.add_argument("--embed-steps", type=int, default=DEFAULT_EMBEDDING.steps,
                    help=f"embedding optimisation steps (default {DEFAULT_EMBEDDING.steps}, the method's)")
+    add_scene_options(p)
     p.add_argument("--model", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -96,7 +96,7 @@ def settings(args) -> dict:
         raise UserError(f"--etas takes comma-separated numbers, got {args.etas!r}") from None
     return {"steps": args.steps, "guidance": args.guidance, "inner_steps": args.inner_steps, "ks": ks,
             "etas": etas, "ns": ns, "lambdas": [0.0, DEFAULT_EMBEDDING.l2], "embed_steps": args.embed_steps,
-            "seed": args.seed}
+            "seed": args.seed, **scene_settings(args)}
 
 
 def scene_scores(model, pair: dict, curve: str, s: dict, disable: bool) -> dict:
@@ -184,7 +184,7 @@ def plots(curve: str, summary: dict, s: dict, out: Path) -> list[str]:
 
 
 def markdown(header: dict, results: dict) -> str:
-    lines = ["# Trade-off curves", "", f"model `{header['model']}`, {header['scenes']} toy-world scenes (seed {SEED}), "
+    lines = ["# Trade-off curves", "", f"model `{header['model']}`, {header['scenes']} toy-world scenes ({header['scene_set']}), "
              f"{header['settings']['steps']} steps, guidance {header['settings']['guidance']}, {header['date']}",
              "", f"`{header['command']}`"]
     for curve, r in results.items():
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(args)
     model = load_model(args.model, device=args.device)
     out = Path(args.out)
-    pairs = edit_pairs(SEED, args.n, size=model.resolution)
+    pairs = benchmark_scenes(args, model.resolution)
     results = {}
     for curve in args.curves:
         folder, per_scene, seconds = out / "scenes" / curve, [], []
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                           "plots": plots(curve, summary, s, out)}
         if curve == "learned-embedding":
             results[curve]["eta_spread"] = eta_spread(per_scene, s)
-    header = {"model": model.name, "fingerprint": model.fingerprint, "scenes": args.n, "settings": s,
+    header = {"model": model.name, "fingerprint": model.fingerprint, "scenes": args.n,
+              "scene_set": scenes_name(args), "settings": s,
               "date": time.strftime("%Y-%m-%d"), "command": "python -m benchmarks.curves " + " ".join(argv)}
     write_json(out / "curves.json", {**header, "results": results})
     text = markdown(header, results)

@@ -32,7 +32,7 @@ import torch
 
 from attention.controllers import AttentionStore
 from attention.heatmaps import overlay
-from benchmarks.quality import SEED
+from benchmarks.quality import add_scene_options, benchmark_scenes, scenes_name
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import atomic_write, write_json
@@ -43,7 +43,7 @@ from editing.core.model import DEFAULT_MODEL_DIR
 from editing.core.sampling import sample
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, source_conditioning
 from toyworld.checker import check
-from toyworld.world import BACKGROUNDS, COLOURS, SHAPES, edit_pairs, random_scene, shape_coverage
+from toyworld.world import BACKGROUNDS, COLOURS, SHAPES, random_scene, shape_coverage
 
 PARTS = ("coverage", "vae", "attention")
 EXAMPLE_SCENES = 6  # rows of attention.png
@@ -54,6 +54,7 @@ def build_parser() -> Parser:
                formatter_class=lambda prog: __import__("argparse").RawDescriptionHelpFormatter(prog, width=100))
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure (default all)")
     p.add_argument("--n", type=int, default=20, help="benchmark scenes for vae and attention (default 20)")
+    add_scene_options(p)
     p.add_argument("--model", default=None, help="model spec (default: the embedded default model)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
@@ -75,7 +76,9 @@ def coverage(recipe: dict) -> dict:
     """The recipe's training scenes, drawn again from its seed (the same generator as toyworld.train)."""
     config = recipe["config"]
     rng = np.random.default_rng(config["seed"])
-    scenes = [random_scene(rng, two_shapes_prob=config["two_shapes_prob"]) for _ in range(config["n_train"])]
+    turned_prob = config.get("turned_prob", 0.0)  # a recipe from before angles drew upright shapes only
+    scenes = [random_scene(rng, two_shapes_prob=config["two_shapes_prob"], turned_prob=turned_prob)
+              for _ in range(config["n_train"])]
     combos = Counter((s.main.colour, s.main.kind, s.background) for s in scenes)
     possible = [(c, k, b) for c in COLOURS for k in SHAPES for b in BACKGROUNDS if c != b]
     counts = [combos.get(c, 0) for c in possible]
@@ -84,9 +87,9 @@ def coverage(recipe: dict) -> dict:
             "combinations_possible": len(possible), "combinations_seen": sum(n > 0 for n in counts),
             "scenes_per_combination": {"min": min(counts), "median": float(np.median(counts)), "max": max(counts)},
             "main_shape_size_px": {"min": round(min(sizes), 2), "max": round(max(sizes), 2)},
-            "rotated_shapes": 0,
-            "note": "the world draws squares and triangles upright only (toyworld.world.Shape has no angle): a "
-                    "rotated square or triangle is outside everything the model saw"}
+            "rotated_shapes": sum(sh.angle != 0 and sh.kind != "circle" for sc in scenes for sh in sc.shapes),
+            "note": f"squares and triangles turned with probability {turned_prob:g}" if turned_prob else
+                    "squares and triangles upright only: a rotated one is outside everything the model saw"}
 
 
 def vae_round_trip(model, pairs: list[dict]) -> dict:
@@ -192,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device=args.device)
     out = Path(args.out)
     report = {"model": model.name, "fingerprint": model.fingerprint, "date": time.strftime("%Y-%m-%d"),
-              "command": "python -m benchmarks.editability " + " ".join(argv), "scenes": args.n}
-    pairs = edit_pairs(SEED, args.n, size=model.resolution)
+              "command": "python -m benchmarks.editability " + " ".join(argv), "scenes": args.n,
+              "scene_set": scenes_name(args)}
+    pairs = benchmark_scenes(args, model.resolution)
     if "coverage" in args.parts:
         recipe = training_recipe()
         report["coverage"] = coverage(recipe)

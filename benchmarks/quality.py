@@ -66,6 +66,7 @@ from toyworld.checker import check, read_scene
 from toyworld.world import edit_pairs
 
 SEED = 1234  # the scenes of the benchmark: fixed, so figures from different runs compare
+TURNED_PROB = 0.0  # share of turned shapes in the scenes: 0 keeps the upright scenes of the figures so far
 CHANGED_DILATION = 1  # pixels around the ground-truth change that count as changed (antialiased edges)
 LAYOUT_TOLERANCE_PX = 3.0  # reference px (of 64): the checker reads a clean render's centre within ~1 px
 EXAMPLES = 8  # scenes per method in examples.png
@@ -106,8 +107,34 @@ def build_parser() -> Parser:
                         + ", ".join(n for n, _ in DEFAULT_PHOTOS))
     p.add_argument("--recon-inversions", nargs="+", default=list(INVERSIONS), choices=INVERSIONS,
                    help="reconstruction: inversions to compare (default all four)")
+    add_scene_options(p)
     add_run_options(p, batch_size=25, out="out/quality")
     return p
+
+
+def add_scene_options(p) -> None:
+    """The options that choose the benchmark's seeded scenes (shared by quality, curves and editability)."""
+    p.add_argument("--turned-prob", type=float, default=TURNED_PROB,
+                   help=f"share of shapes turned by a random angle (default {TURNED_PROB:g}: upright, the "
+                        "scenes of the figures so far; scenes of a given value are the same on every run)")
+
+
+def benchmark_scenes(args, size: int) -> list[dict]:
+    """The first args.n seeded edit pairs (any --n: the first scenes are the same)."""
+    if not 0.0 <= args.turned_prob <= 1.0:
+        raise UserError(f"--turned-prob must be between 0 and 1, got {args.turned_prob:g}")
+    return edit_pairs(SEED, args.n, size=size, turned_prob=args.turned_prob)
+
+
+def scene_settings(args) -> dict:
+    """What a saved result must match besides its method: {} for the upright scenes (as saved before angles)."""
+    return {"turned_prob": args.turned_prob} if args.turned_prob else {}
+
+
+def scenes_name(args) -> str:
+    """'seed 1234', or 'seed 1234, turned 0.5': names the scene set in reports and in each edit's request,
+    so a resumed run never takes an edit of another scene set for its own."""
+    return f"seed {SEED}" + (f", turned {args.turned_prob:g}" if args.turned_prob else "")
 
 
 def check_args(args) -> list[tuple[str, str | None]]:
@@ -222,7 +249,7 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
     label = method_label(method, inversion, p2p_edit="replace")
     inverter = InversionCache()  # in memory: batch_size photos inverted together, each record used once
     folder = out / "edits" / method_name(method, inversion).replace(":", "-")
-    requests = [edit_args(method, inversion, f"toyworld scene {k} (seed {SEED})", pair["caption"],
+    requests = [edit_args(method, inversion, f"toyworld scene {k} ({scenes_name(args)})", pair["caption"],
                           pair["edited_caption"], edit_options(args)) for k, pair in enumerate(pairs)]
     rows, examples, resumed = [], [], 0
     for k, pair in enumerate(tqdm(pairs, desc=label, disable=args.quiet)):
@@ -292,7 +319,7 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
             cells = " | ".join(f"{v['psnr_db']:.2f} / {v['ssim']:.3f}" for v in r["per_photo"].values())
             lines.append(f"| {r['inversion']} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {cells} | {r['seconds']} |")
     if edits is not None:
-        lines += ["", f"## Toy-world edits ({header['scenes']} scenes, seed {SEED})", "",
+        lines += ["", f"## Toy-world edits ({header['scenes']} scenes, {header['scene_set']})", "",
                   "| method | edit accuracy | colour / shape / background edits | edit PSNR vs truth (dB) "
                   "| edit SSIM | unchanged region PSNR (dB) | layout kept | reconstruction PSNR (dB) | time per scene (s) |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -338,17 +365,17 @@ def main(argv: list[str] | None = None) -> int:
                    image_grid(rows, (["photo"] + [r["inversion"].split(" ")[0] for r in reconstruction]) * len(names),
                               cols=columns))
     if "edits" in args.parts:
-        pairs = edit_pairs(SEED, args.n, size=model.resolution)
+        pairs = benchmark_scenes(args, model.resolution)
         edits, grid = [], []
         for method, inversion in methods:
             summary, examples = evaluate_method(model, pairs, method, inversion, args, out)
             edits.append(summary)
             grid += examples
-        report.update(scenes=args.n, results=edits)
+        report.update(scenes=args.n, scene_set=scenes_name(args), turned_prob=args.turned_prob, results=edits)
         save_image(out / "examples.png", image_grid(grid, ["source", "truth", "reconstruction", "edit"] * (len(grid) // 4),
                                                     cols=4))
     write_json(out / "quality.json", report)
-    text = markdown(header | {"scenes": args.n}, reconstruction, edits)
+    text = markdown(header | {"scenes": args.n, "scene_set": scenes_name(args)}, reconstruction, edits)
     atomic_write(out / "quality.md", text)
     print(text)
     return EXIT_OK

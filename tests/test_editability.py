@@ -30,6 +30,9 @@ def test_coverage_redraws_the_recipe_s_scenes():
     found = coverage(small)
     assert found["scenes"] == 500 and found["combinations_seen"] <= found["combinations_possible"] == 114
     assert 0 < found["two_shape_scenes"] < 500  # the recipe's 10 % two-shape scenes
+    assert found["rotated_shapes"] == 0 and "upright only" in found["note"]  # the committed recipe
+    turned = coverage({**small, "config": {**small["config"], "turned_prob": 0.5}})
+    assert 100 < turned["rotated_shapes"] < 400 and "turned with probability 0.5" in turned["note"]
 
 
 def test_word_position_finds_the_word_after_the_start_token():

@@ -354,3 +354,24 @@ def test_a_second_run_resumes_the_finished_scenes_and_reports_the_same_figures(t
     assert run_main(main, [a if a != "2" or b != "--steps" else "3" for b, a in zip([""] + argv, argv)]) == 0
     changed = json.loads((tmp_path / "quality.json").read_text())["results"][0]
     assert changed["resumed"] == 0  # another --steps is another request: nothing reused
+
+
+def test_turned_scenes_are_their_own_scene_set(tmp_path, capsys):
+    """--turned-prob draws the benchmark's scenes with turned shapes; their edits never resume the upright ones."""
+    from benchmarks.quality import SEED
+
+    argv = ["--model", "tiny-random", "--parts", "edits", "--n", "2", "--steps", "2", "--inner-steps", "1",
+            "--batch-size", "2", "--methods", "p2p:direct", "--out", str(tmp_path), "--quiet"]
+    assert run_main(main, argv) == 0
+    upright = json.loads((tmp_path / "quality.json").read_text())
+    assert upright["scene_set"] == f"seed {SEED}" and upright["turned_prob"] == 0.0
+    assert run_main(main, argv + ["--turned-prob", "1"]) == 0
+    turned = json.loads((tmp_path / "quality.json").read_text())
+    assert turned["scene_set"] == f"seed {SEED}, turned 1" and turned["results"][0]["resumed"] == 0
+    pairs = edit_pairs(SEED, 2, size=64, turned_prob=1.0)
+    assert all(s.angle != 0 for p in pairs for s in p["scene"].shapes)
+    source = read_image(tmp_path / "edits" / "p2p-direct" / "000" / "source.png")
+    assert np.array_equal(source, pairs[0]["image"])  # the edit started from the turned scene
+    assert f"seed {SEED}, turned 1" in (tmp_path / "quality.md").read_text()
+    assert run_main(main, argv + ["--turned-prob", "1.5"]) == 2
+    assert "--turned-prob must be between 0 and 1" in capsys.readouterr().err

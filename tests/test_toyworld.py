@@ -278,6 +278,27 @@ def test_train_init_from_arguments(tmp_path):
         train.parse_args(["--out", str(tmp_path / "o"), "--init-from", str(tmp_path)])  # no unet/
 
 
+def test_train_recipe_options_reach_the_config_and_the_training_set(tmp_path, capsys):
+    from toyworld import train
+
+    out = ["--out", str(tmp_path / "o")]
+    _, cfg = train.parse_args(out)
+    assert (cfg.two_shapes_prob, cfg.turned_prob, cfg.caption_dropout, cfg.device) == (0.1, 0.0, 0.1, "cpu")
+    _, cfg = train.parse_args(out + ["--two-shapes-prob", "0.5", "--turned-prob", "0.4", "--caption-dropout", "0.2"])
+    assert (cfg.two_shapes_prob, cfg.turned_prob, cfg.caption_dropout) == (0.5, 0.4, 0.2)
+    assert cfg.to_json()["turned_prob"] == 0.4  # what training.json records
+    data = train.render_set(0, 200, cfg.two_shapes_prob, "render", True, cfg.turned_prob)
+    turned = [s.angle != 0 for sc in data.scenes for s in sc.shapes]
+    two = [len(sc.shapes) == 2 for sc in data.scenes]
+    assert 0.3 < np.mean(turned) < 0.5 and 0.4 < np.mean(two) < 0.6
+    assert data.images.shape == (200, 64, 64, 3) and data.captions[0] == caption(data.scenes[0])
+    for bad in (["--turned-prob", "1.5"], ["--caption-dropout", "-0.1"], ["--two-shapes-prob", "2"],
+                ["--device", "tpu"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(out + bad)
+        assert bad[0] in capsys.readouterr().err
+
+
 def test_trainer_decays_only_matrices_and_uses_diffusers_schedule_and_ema():
     import torch
 
@@ -328,3 +349,81 @@ def test_trainer_runs_two_unet_steps_with_min_snr_weights():
     assert np.isfinite(stats["eps_mse"])
     changed = [n for n, p in unet.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(torch.isfinite(p).all() for p in unet.parameters())
+
+
+# ------------------------------------------------------- turned shapes ---
+
+def _digest(pairs_or_data) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in pairs_or_data:
+        if isinstance(item, dict):
+            h.update(item["image"].tobytes() + item["edited_image"].tobytes() + item["edited_caption"].encode())
+        else:
+            h.update(item[1].tobytes() + item[2].encode())
+    return h.hexdigest()[:16]
+
+
+def test_scenes_without_turns_are_the_seeded_sequences_from_before_angles():
+    # digests written by the world before shapes could turn (commit 7ccf70d): the benchmarks' seeded scenes
+    # (quality suite seed 1234) and the training sets must not move when the angle option is off
+    assert _digest(dataset(7, 60, two_shapes_prob=0.5)) == "bc420512407a85d5"
+    assert _digest(world.edit_pairs(1234, 40)) == "f7fd3bad41798a80"
+    assert _digest(world.edit_pairs(1234, 40, turned_prob=0.0)) == "f7fd3bad41798a80"
+    assert all(s.angle == 0.0 for sc, _, _ in dataset(7, 60, two_shapes_prob=0.5) for s in sc.shapes)
+
+
+def test_a_turned_shape_is_the_upright_one_rotated_about_its_centre():
+    upright = Scene((Shape("square", "red", 12, 32, 32),), "gray")
+    quarter = Scene((Shape("square", "red", 12, 32, 32, angle=90.0),), "gray")
+    assert np.array_equal(render(upright), render(quarter))  # a square's quarter turn about a pixel corner
+    for kind in ("square", "triangle"):
+        area = Shape(kind, "red", 12, 32, 32).area
+        for angle in (17.0, 45.0, 100.0, 250.0):
+            cov = shape_coverage(Scene((Shape(kind, "red", 12, 32, 32, angle),), "gray"))
+            assert abs(cov.sum() - area) < 0.015 * area, (kind, angle, cov.sum(), area)
+    # 45 degrees puts the square's corner on the axis: it reaches 0.9 * sqrt(2) * 12 = 15.3 px to the right
+    turned = shape_coverage(Scene((Shape("square", "red", 12, 32, 32, 45.0),), "gray"))
+    assert turned[32, 32 + 14] > 0.5 and turned[32, 32 + 16] == 0 and turned[32 - 12, 32 + 12] == 0
+    # clockwise on screen (y down): a triangle's apex, above the centre upright, is to the right at 90 degrees
+    tri = shape_coverage(Scene((Shape("triangle", "red", 12, 32, 32, 90.0),), "gray"))
+    cols = np.nonzero(tri.sum(axis=0))[0]
+    apex_side = tri[:, cols.max()].sum() < tri[:, cols.min()].sum()  # the apex column is thin, the base full
+    assert apex_side
+
+
+def test_turned_scenes_stay_inside_the_image_and_apart_and_edits_keep_the_angle():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        sc = random_scene(rng, two_shapes_prob=0.5, turned_prob=1.0)
+        covs = [shape_coverage(sc, i) for i in range(len(sc.shapes))]
+        for s, cov in zip(sc.shapes, covs):
+            assert s.angle != 0.0 and 0.0 <= s.angle < 360.0
+            assert cov[0].sum() == cov[-1].sum() == cov[:, 0].sum() == cov[:, -1].sum() == 0
+        if len(covs) == 2:
+            assert (covs[0] * covs[1]).sum() == 0
+        for kind in SHAPES:  # a kind edit keeps the angle, so its shape also stays inside
+            i = sc.main_index
+            ed = edit_scene(sc, "shape", kind, index=i) if kind != sc.main.kind else sc
+            assert ed.shapes[i].angle == sc.shapes[i].angle and ed.shapes[i].kind == kind
+            cov = shape_coverage(ed, i)
+            assert cov[0].sum() == cov[-1].sum() == cov[:, 0].sum() == cov[:, -1].sum() == 0
+    assert Scene.from_dict(json.loads(json.dumps(sc.to_dict()))) == sc
+    old = {"background": "gray", "shapes": [{"kind": "square", "colour": "red", "size": 9, "x": 20, "y": 20}]}
+    assert Scene.from_dict(old).shapes[0].angle == 0.0  # a scene saved before angles loads upright
+    with pytest.raises(ValueError):
+        random_scene(rng, turned_prob=1.5)
+
+
+def test_turned_share_and_the_checker_reads_turned_shapes():
+    data = dataset(5, 300, turned_prob=0.5)
+    share = np.mean([sc.shapes[0].angle != 0.0 for sc, _, _ in data])
+    assert 0.4 < share < 0.6
+    turned = dataset(6, 300, turned_prob=1.0)
+    rng = np.random.default_rng(0)
+    clean = checker.accuracy([img for _, img, _ in turned], [sc for sc, _, _ in turned])
+    noisy = checker.accuracy([checker.degrade(img, rng, noise=8.0, blur=0.7) for _, img, _ in turned],
+                             [sc for sc, _, _ in turned])
+    for k in ATTRS:
+        assert clean[k] >= 0.98 and noisy[k] >= 0.95, (k, clean, noisy)

@@ -3,7 +3,8 @@
     python -m toyworld.train --out toyworld/model            # the default model (see toyworld/TRAINING.md)
     python -m toyworld.train --out /tmp/tw-smoke --vae-steps 40 --unet-steps 40 --n-train 2000 --n-eval 16
 
-Stages, all on the CPU, seeded and counted in steps (the same command and thread count gives the same model):
+Stages, seeded and counted in steps, on the CPU unless `--device cuda` (the same command and thread count gives
+the same model on the CPU; every random draw is made on the CPU, so a GPU run sees the same samples):
 
 1. render the training set (`--n-train` scenes) and held-out scenes once, kept as uint8 arrays in memory;
 2. train an AutoencoderKL (64x64 RGB -> 16x16x4 latents, factor 4) on random 32x32 crops, then on whole
@@ -60,6 +61,7 @@ class Config:
     # data
     n_train: int = 30_000  # pre-rendered training scenes (uint8, ~370 MB in memory; ~4.5 epochs of the UNet)
     two_shapes_prob: float = 0.1  # a small share of two-shape scenes teaches "X and Y on Z" captions
+    turned_prob: float = 0.0  # share of shapes turned by a random angle (0: the upright world of the first models)
     n_eval_vae: int = 200  # held-out renders for the VAE PSNR
     n_eval: int = 100  # held-out one-shape captions for the attribute accuracy
     # autoencoder: 64x64x3 -> 16x16x4
@@ -93,6 +95,7 @@ class Config:
     eval_guidance: float = 7.5
     # continuation: the folder whose VAE, UNet and text encoder this run starts from (None: from scratch)
     init_from: str | None = None
+    device: str = "cpu"  # where the networks train; only "cpu" with the same threads is bit-reproducible
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -109,10 +112,11 @@ class Data:
     scenes: list = field(default_factory=list)
 
 
-def render_set(seed: int, n: int, two_shapes_prob: float, desc: str, disable: bool = False) -> Data:
+def render_set(seed: int, n: int, two_shapes_prob: float, desc: str, disable: bool = False,
+               turned_prob: float = 0.0) -> Data:
     images = np.empty((n, 64, 64, 3), np.uint8)
     captions, scenes = [], []
-    it = iter_dataset(seed, n, size=64, two_shapes_prob=two_shapes_prob)
+    it = iter_dataset(seed, n, size=64, two_shapes_prob=two_shapes_prob, turned_prob=turned_prob)
     for i, (scene, image, text) in enumerate(tqdm(it, total=n, desc=desc, disable=disable, **_bar())):
         images[i] = image
         captions.append(text)
@@ -203,7 +207,7 @@ def train_vae(vae, data: Data, cfg: Config, rng: np.random.Generator, disable: b
         if step < n_crop:
             oy, ox = rng.choice(offsets, size=(2, cfg.vae_batch))
             batch = np.stack([b[y:y + cfg.vae_crop, x:x + cfg.vae_crop] for b, y, x in zip(batch, oy, ox)])
-        x = to_tensor(batch)
+        x = to_tensor(batch).to(cfg.device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         mse = F.mse_loss(rec, x)
@@ -225,10 +229,11 @@ def train_vae(vae, data: Data, cfg: Config, rng: np.random.Generator, disable: b
 
 @torch.no_grad()
 def encode_latents(vae, images: np.ndarray, batch: int = 256, disable: bool = False) -> torch.Tensor:
+    device = next(vae.parameters()).device
     out = []
     for i in tqdm(range(0, len(images), batch), desc="encode", disable=disable, **_bar()):
-        out.append(vae.encode(to_tensor(images[i:i + batch])).latent_dist.mean)
-    return torch.cat(out)  # (N, 4, 16, 16), unscaled
+        out.append(vae.encode(to_tensor(images[i:i + batch]).to(device)).latent_dist.mean)
+    return torch.cat(out)  # (N, 4, 16, 16), unscaled, on the VAE's device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,20 +257,23 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     opt = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.unet_lr)
     sched = warmup_cosine(opt, cfg.unet_steps, cfg.warmup_frac)
     ema = make_ema(params, cfg.ema_decay, warmup=cfg.init_from is None)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.float()
+    device = latents.device
+    alphas_cumprod = noise_scheduler.alphas_cumprod.float().to(device)
     unet.train()
     text_encoder.train()
     T = len(alphas_cumprod)
     smooth = None
     bar = tqdm(range(cfg.unet_steps), desc="unet", disable=disable, **_bar())
     for _ in bar:
+        # every draw comes from the CPU generator, so a run's samples do not depend on the device
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
-        z0 = latents[idx]  # (B, 4, 16, 16), scaled
+        z0 = latents[idx.to(device)]  # (B, 4, 16, 16), scaled
         tok = ids[idx].clone()  # (B, 77)
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
         tok[drop] = empty_ids
-        t = torch.randint(T, (cfg.unet_batch,), generator=gen)
-        eps = torch.randn(z0.shape, generator=gen)
+        tok = tok.to(device)
+        t = torch.randint(T, (cfg.unet_batch,), generator=gen).to(device)
+        eps = torch.randn(z0.shape, generator=gen).to(device)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
         cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
@@ -334,7 +342,7 @@ def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: lis
     text-to-image through StableDiffusionPipeline.from_pretrained with its DDIM scheduler."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    model = load_model(str(folder), device="cpu", dtype="fp32")
+    model = load_model(str(folder), device=cfg.device, dtype="fp32")
     dtypes = {n: str(next(m.parameters()).dtype) for n, m in
               (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder))}
     recs = np.concatenate([model.decode_latents(model.encode_images(vae_images[i:i + 50]))
@@ -343,7 +351,7 @@ def evaluate(folder: Path, cfg: Config, vae_images: np.ndarray, eval_scenes: lis
 
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        local_files_only=True)
+        local_files_only=True).to(cfg.device)
     assert isinstance(pipe.scheduler, DDIMScheduler), type(pipe.scheduler)
     pipe.set_progress_bar_config(desc="generate", disable=disable, **_bar())
     pipe_dtypes = {n: str(getattr(pipe, n).dtype) for n in ("unet", "vae", "text_encoder")}
@@ -409,6 +417,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--unet-batch", type=int, default=d.unet_batch)
     p.add_argument("--n-eval", type=int, default=d.n_eval, help="held-out captions for the attribute accuracy")
     p.add_argument("--n-eval-vae", type=int, default=d.n_eval_vae, help="held-out renders for the VAE PSNR")
+    p.add_argument("--two-shapes-prob", type=float, default=d.two_shapes_prob,
+                   help="share of two-shape training scenes (default %(default)s)")
+    p.add_argument("--turned-prob", type=float, default=d.turned_prob,
+                   help="share of shapes turned by a random angle (default %(default)s: upright only)")
+    p.add_argument("--caption-dropout", type=float, default=d.caption_dropout,
+                   help="share of UNet steps on the empty prompt, the null branch of guidance (default %(default)s)")
+    p.add_argument("--device", default=d.device,
+                   help="cpu (default; bit-reproducible for the same --threads) or cuda: the training steps "
+                        "run there, every random draw stays on the CPU")
     p.add_argument("--preview", default=None, help="PNG contact sheet of the evaluation images (default: none)")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from a saved model folder: its VAE (frozen, not retrained), UNet and text "
@@ -418,8 +435,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     for name in ("threads", "n_train", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "n_eval", "n_eval_vae"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("two_shapes_prob", "turned_prob", "caption_dropout"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
+    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
+        p.error(f"--device {a.device}: " + ("no CUDA device is visible here; train with --device cpu"
+                                            if a.device.startswith("cuda") else "choose cpu or cuda"))
     cfg = Config(seed=a.seed, threads=a.threads, n_train=a.n_train, vae_steps=a.vae_steps, vae_batch=a.vae_batch,
-                 unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae)
+                 unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
+                 two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
+                 device=a.device)
     if a.init_from is not None:
         if not (Path(a.init_from) / "unet").is_dir():
             p.error(f"--init-from {a.init_from}: not a saved model folder (no unet/)")
@@ -476,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. data: training scenes from seed, held-out scenes from other seeds
     t = time.perf_counter()
-    train = render_set(cfg.seed, cfg.n_train, cfg.two_shapes_prob, "render", disable)
-    held_vae = render_set(cfg.seed + 10_000, cfg.n_eval_vae, cfg.two_shapes_prob, "render held-out", True)
+    train = render_set(cfg.seed, cfg.n_train, cfg.two_shapes_prob, "render", disable, cfg.turned_prob)
+    held_vae = render_set(cfg.seed + 10_000, cfg.n_eval_vae, cfg.two_shapes_prob, "render held-out", True,
+                          cfg.turned_prob)
     erng = np.random.default_rng(cfg.seed + 20_000)
     eval_scenes = [random_scene(erng) for _ in range(cfg.n_eval)]
     times["render"] = time.perf_counter() - t
@@ -493,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     # the UNet's sample stream; a continuation draws a fresh one (it starts after the parent's steps)
     start = (parent["total_steps"].get("unet", 0) if parent else 0)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + start)
+    vae, text_encoder, unet = (m.to(cfg.device) for m in (vae, text_encoder, unet))
     sizes = {"vae": n_params(vae), "text_encoder": n_params(text_encoder), "unet": n_params(unet)}
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in sizes.items()), flush=True)
 
@@ -509,9 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     with torch.no_grad():
         latents = encode_latents(vae, train.images, disable=disable)
-        held = to_tensor(held_vae.images)
+        held = to_tensor(held_vae.images).to(cfg.device)
         rec = vae.decode(vae.encode(held).latent_dist.mean).sample
-        rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     vae_psnr_fp32 = float(np.mean([psnr(x, y) for x, y in zip(held_vae.images, rec)]))
     std, mean = float(latents.std()), float(latents.mean())
     scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)  # a continuation keeps it
@@ -523,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. UNet + text encoder
     t = time.perf_counter()
-    ids = tokenize(tokenizer, train.captions)
+    ids = tokenize(tokenizer, train.captions)  # stays on the CPU: rows are picked by the CPU generator
     empty_ids = tokenize(tokenizer, [EMPTY_PROMPT])[0]
     del train
     unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable)

@@ -1,8 +1,8 @@
 """The toy world: scene description, renderer, captions and edited twins.
 
-A scene is one or two flat-coloured shapes (circle, square, upright
-equilateral triangle) on a background that is either a plain colour or a
-two-tone texture.  Geometry is stored in the units of a
+A scene is one or two flat-coloured shapes (circle, square, equilateral
+triangle, upright or turned by ``angle`` degrees) on a background that is
+either a plain colour or a two-tone texture.  Geometry is stored in the units of a
 ``REFERENCE_SIZE`` x ``REFERENCE_SIZE`` (64 px) canvas; :func:`render` scales
 it to any output size, so the same scene renders consistently at 64, 128 or
 256 px.
@@ -14,9 +14,14 @@ Geometry of a shape with ``size = s`` centred at ``(x, y)`` (reference px):
 * triangle -- upright equilateral, side ``TRIANGLE_SIDE * s`` (2.16 s), its
   bounding box centred on ``(x, y)``.
 
-Every kind fits in the square of half side ``HALF_EXTENT * s`` (1.1 s) around
-the centre, so changing a shape's kind never moves it out of the image or into
-another shape.  Sizes are drawn from ``SIZE_RANGE`` (9..17 px radius at 64 px)
+A shape turned by ``angle`` degrees (clockwise on screen) is the upright one
+rotated about ``(x, y)``.  Every kind fits in the square of half side
+``HALF_EXTENT * s`` (1.1 s) around the centre, and turned, in the one of half
+side ``TURNED_EXTENT * s`` (1.43 s: a triangle's base corners), so changing a
+shape's kind never moves it out of the image or into another shape.  Scenes are
+upright unless ``random_scene`` is given a ``turned_prob``; an upright draw
+consumes the random stream exactly as before angles existed, so seeded scene
+sequences are unchanged.  Sizes are drawn from ``SIZE_RANGE`` (9..17 px radius at 64 px)
 for single-shape scenes and ``TWO_SHAPE_SIZE_RANGE`` (7..12 px) for two-shape
 scenes; shapes stay ``MARGIN`` (2 px) clear of the image border and, in two-shape
 scenes, their bounding squares are at least ``GAP`` (2 px) apart and the
@@ -85,6 +90,9 @@ ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "background")
 SQUARE_HALF = 0.9
 TRIANGLE_SIDE = 2.16
 HALF_EXTENT = 1.1
+# a turned shape's reach from (x, y): the square's corner 0.9 * sqrt(2) = 1.27 s, the triangle's base
+# corners (rotated about its bounding box's centre) sqrt(1.08^2 + 0.935^2) = 1.43 s
+TURNED_EXTENT = 1.43
 SIZE_RANGE = (9.0, 17.0)
 TWO_SHAPE_SIZE_RANGE = (7.0, 12.0)
 MARGIN = 2.0
@@ -94,13 +102,15 @@ MAIN_AREA_RATIO = 1.25  # two-shape scenes: largest area >= 1.25 x the other
 
 @dataclass(frozen=True)
 class Shape:
-    """One shape.  ``size``, ``x``, ``y`` are in reference (64 px canvas) pixels."""
+    """One shape.  ``size``, ``x``, ``y`` are in reference (64 px canvas) pixels; ``angle`` in degrees,
+    clockwise on screen (a circle ignores it; an edit of kind keeps it)."""
 
     kind: str
     colour: str
     size: float
     x: float
     y: float
+    angle: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in SHAPES:
@@ -124,16 +134,16 @@ class Shape:
     @property
     def extent(self) -> float:
         """Half side of the kind-independent bounding square (reference px)."""
-        return HALF_EXTENT * self.size
+        return (TURNED_EXTENT if self.angle % 360 else HALF_EXTENT) * self.size
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "colour": self.colour, "size": float(self.size),
-                "x": float(self.x), "y": float(self.y)}
+                "x": float(self.x), "y": float(self.y), "angle": float(self.angle)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Shape":
         return cls(kind=str(d["kind"]), colour=str(d["colour"]), size=float(d["size"]),
-                   x=float(d["x"]), y=float(d["y"]))
+                   x=float(d["x"]), y=float(d["y"]), angle=float(d.get("angle", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -184,8 +194,8 @@ def _boxes_apart(a: Shape, b: Shape, gap: float = GAP) -> bool:
     return abs(a.x - b.x) >= need or abs(a.y - b.y) >= need
 
 
-def _place(rng: np.random.Generator, size: float) -> tuple[float, float]:
-    lo = HALF_EXTENT * size + MARGIN
+def _place(rng: np.random.Generator, extent: float) -> tuple[float, float]:
+    lo = extent + MARGIN
     hi = REFERENCE_SIZE - lo
     x, y = rng.uniform(lo, hi, size=2)
     return float(x), float(y)
@@ -195,13 +205,15 @@ def random_scene(rng: np.random.Generator, two_shapes_prob: float = 0.0,
                  size_range: tuple[float, float] | None = None,
                  backgrounds: tuple[str, ...] | None = None,
                  colours: tuple[str, ...] | None = None,
-                 shapes: tuple[str, ...] | None = None) -> Scene:
+                 shapes: tuple[str, ...] | None = None, turned_prob: float = 0.0) -> Scene:
     """Draw a random scene.
 
     ``size_range`` (reference px, shape ``size``) defaults to ``SIZE_RANGE``
     for one shape and ``TWO_SHAPE_SIZE_RANGE`` for two.  ``backgrounds``,
     ``colours`` and ``shapes`` restrict the vocabulary.  Two shapes always get
-    different colours, neither equal to the background.
+    different colours, neither equal to the background.  Each shape is turned
+    by a uniform angle in [0, 360) with probability ``turned_prob`` (0: the
+    random stream is drawn from exactly as in scenes without angles).
     """
     backgrounds = tuple(backgrounds or BACKGROUNDS)
     colours = tuple(colours or COLOURS)
@@ -214,11 +226,12 @@ def random_scene(rng: np.random.Generator, two_shapes_prob: float = 0.0,
     picked = rng.choice(len(allowed), size=n_shapes, replace=False)
     cols = [allowed[int(i)] for i in picked]
     ks = [kinds[int(rng.integers(len(kinds)))] for _ in range(n_shapes)]
+    angles = [_angle(rng, turned_prob) for _ in range(n_shapes)]
     lo, hi = size_range or (SIZE_RANGE if n_shapes == 1 else TWO_SHAPE_SIZE_RANGE)
     if n_shapes == 1:
         size = float(rng.uniform(lo, hi))
-        x, y = _place(rng, size)
-        return Scene((Shape(ks[0], cols[0], size, x, y),), background)
+        x, y = _place(rng, Shape(ks[0], cols[0], size, 0.0, 0.0, angles[0]).extent)
+        return Scene((Shape(ks[0], cols[0], size, x, y, angles[0]),), background)
     while True:  # rejection sampling; shrink sizes if placement keeps failing
         sizes = [float(v) for v in rng.uniform(lo, hi, size=2)]
         areas = [Shape(k, c, s, 0.0, 0.0).area for k, c, s in zip(ks, cols, sizes)]
@@ -226,12 +239,21 @@ def random_scene(rng: np.random.Generator, two_shapes_prob: float = 0.0,
             continue  # keep the main (largest) shape unambiguous
         for _ in range(100):
             placed = []
-            for k, c, s in zip(ks, cols, sizes):
-                x, y = _place(rng, s)
-                placed.append(Shape(k, c, s, x, y))
+            for k, c, s, a in zip(ks, cols, sizes, angles):
+                x, y = _place(rng, Shape(k, c, s, 0.0, 0.0, a).extent)
+                placed.append(Shape(k, c, s, x, y, a))
             if _boxes_apart(placed[0], placed[1]):
                 return Scene(tuple(placed), background)
         lo, hi = lo * 0.9, hi * 0.9
+
+
+def _angle(rng: np.random.Generator, turned_prob: float) -> float:
+    """0 (upright) or a uniform angle in [0, 360) with probability turned_prob; draws nothing when it is 0."""
+    if not 0.0 <= turned_prob <= 1.0:
+        raise ValueError(f"turned_prob must be in [0, 1], got {turned_prob!r}")
+    if turned_prob == 0.0 or rng.random() >= turned_prob:
+        return 0.0
+    return float(rng.uniform(0.0, 360.0))
 
 
 def edit_scene(scene: Scene, attribute: str, new_value: str, index: int = 0) -> Scene:
@@ -251,9 +273,9 @@ def edit_scene(scene: Scene, attribute: str, new_value: str, index: int = 0) -> 
         raise IndexError(f"shape index {index} out of range for {len(scene.shapes)} shapes")
     old = scene.shapes[index]
     if attribute == "colour":
-        new = Shape(old.kind, new_value, old.size, old.x, old.y)
+        new = Shape(old.kind, new_value, old.size, old.x, old.y, old.angle)
     else:
-        new = Shape(new_value, old.colour, old.size, old.x, old.y)
+        new = Shape(new_value, old.colour, old.size, old.x, old.y, old.angle)
     shapes = list(scene.shapes)
     shapes[index] = new
     return Scene(tuple(shapes), scene.background)
@@ -304,6 +326,9 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _shape_mask_ss(shape: Shape, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     dx, dy = X - shape.x, Y - shape.y
+    if shape.angle % 360 and shape.kind != "circle":  # into the upright shape's frame: rotate back by angle
+        a = np.deg2rad(shape.angle)
+        dx, dy = dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
     s = shape.size
     if shape.kind == "circle":
         return dx * dx + dy * dy <= s * s
