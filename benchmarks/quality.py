@@ -21,6 +21,9 @@ caption through editing.run (run_edit), and is scored by:
 A method is METHOD[:INVERSION]: p2p (Prompt-to-Prompt replace), null-finetune, learned-embedding with
 an inversion of null-text (default), negative-prompt, direct or ddim; imagic takes none. --run-args
 passes further editing.run options to every method (e.g. fewer optimisation steps for the slow ones).
+A killed run resumes: the same command again edits only the scenes without a finished summary.json. --shard
+I/N edits only every N-th scene (scenes k with k mod N = I - 1); N of them on one --out share the work
+between cores or GPUs, and the same command without --shard then scores all the scenes they finished.
 
 Examples (the embedded default model):
   python -m benchmarks.quality --n 100 --out out/quality
@@ -28,6 +31,8 @@ Examples (the embedded default model):
       null-finetune --out out/quality-p2p
   python -m benchmarks.quality --parts edits --n 5 --steps 25 --methods learned-embedding imagic \\
       --run-args="--embed-steps 100 --unet-steps 100" --out out/quality-slow
+  for i in 1 2; do python -m benchmarks.quality --parts edits --methods null-finetune --shard $i/2 \
+      --out out/q & done; wait; python -m benchmarks.quality --parts edits --methods null-finetune --out out/q
   python -m benchmarks.quality --parts reconstruction --images my-photos/ --out out/recon
   python -m benchmarks.quality pie --help        (the PIE-Bench runner)
 
@@ -107,9 +112,25 @@ def build_parser() -> Parser:
                         + ", ".join(n for n, _ in DEFAULT_PHOTOS))
     p.add_argument("--recon-inversions", nargs="+", default=list(INVERSIONS), choices=INVERSIONS,
                    help="reconstruction: inversions to compare (default all four)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="edits: edit only the scenes k with k mod N = I - 1 (others are scored if finished)")
     add_scene_options(p)
     add_run_options(p, batch_size=25, out="out/quality")
     return p
+
+
+def parse_shard(text: str | None, n: int) -> tuple[int, int]:
+    """'2/3' -> (1, 3): this process's remainder and the shard count; None -> (0, 1), every scene."""
+    if text is None:
+        return 0, 1
+    index, _, count = str(text).partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        raise UserError(f"--shard takes I/N, e.g. 1/2, got {text!r}") from None
+    if not 1 <= index <= count <= n:
+        raise UserError(f"--shard {text}: need 1 <= I <= N <= --n ({n})")
+    return index - 1, count
 
 
 def add_scene_options(p) -> None:
@@ -141,6 +162,7 @@ def check_args(args) -> list[tuple[str, str | None]]:
     """Validate the options; return the edit methods as (method, inversion) pairs."""
     if args.n < 1 or args.steps < 1 or args.batch_size < 1 or args.inner_steps < 1:
         raise UserError("--n, --steps, --inner-steps and --batch-size must be at least 1")
+    parse_shard(args.shard, args.n)
     if args.methods and args.inversion:
         raise UserError("give --methods p2p:INVERSION ... or --inversion INVERSION ..., not both")
     specs = args.methods or [f"p2p:{i}" for i in (args.inversion or ["null-text"])]
@@ -251,25 +273,37 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
     folder = out / "edits" / method_name(method, inversion).replace(":", "-")
     requests = [edit_args(method, inversion, f"toyworld scene {k} ({scenes_name(args)})", pair["caption"],
                           pair["edited_caption"], edit_options(args)) for k, pair in enumerate(pairs)]
-    rows, examples, resumed = [], [], 0
+    remainder, shards = parse_shard(args.shard, len(pairs))
+
+    def finished(k: int) -> dict | None:  # resume: a scene edited before with this request is kept
+        found = finished_summary(folder / f"{k:03d}")
+        return found if found is not None and same_edit(found, requests[k], model) else None
+
+    todo = [k for k in range(len(pairs)) if k % shards == remainder and finished(k) is None]
+    rows, examples, resumed, skipped = [], [], 0, 0
     for k, pair in enumerate(tqdm(pairs, desc=label, disable=args.quiet)):
-        found = finished_summary(folder / f"{k:03d}")  # resume: a scene edited before with this request is kept
-        if found is not None and same_edit(found, requests[k], model):
-            summary, resumed = found, resumed + 1
+        summary = finished(k)
+        if summary is not None:
+            resumed += 1
+        elif k not in todo:
+            skipped += 1  # another shard's scene, not finished yet
+            continue
         else:
-            if k % args.batch_size == 0:
-                ahead = range(k, min(k + args.batch_size, len(pairs)))
+            position = todo.index(k)
+            if position % args.batch_size == 0:  # the next batch_size scenes to edit, inverted together
+                ahead = todo[position:position + args.batch_size]
                 inverter.prefetch(model, [(pairs[j]["image"], requests[j]) for j in ahead], disable=True)
             summary = run_edit(model, pair["image"], requests[k], folder / f"{k:03d}", invert_source=inverter)
         edit = read_image(folder / f"{k:03d}" / summary["outputs"]["edit"][0])
         reconstruction = read_image(folder / f"{k:03d}" / summary["outputs"]["reconstruction"])
-        rows.append({**score_edit(pair, edit, reconstruction), "seconds": summary["timings_s"]["total"]})
+        rows.append({**score_edit(pair, edit, reconstruction), "scene": k, "seconds": summary["timings_s"]["total"]})
         if k < EXAMPLES:
             examples += [pair["image"], pair["edited_image"], reconstruction, edit]
     shifts = [r["layout_shift_px"] for r in rows if r["layout_shift_px"] is not None]
     summary = {"method": label, "spec": method_name(method, inversion), "scenes": len(rows),
                "seconds": round(sum(r["seconds"] for r in rows), 1),  # of the runs, also those resumed
                "seconds_per_scene": round(float(np.mean([r["seconds"] for r in rows])), 2), "resumed": resumed,
+               "left_to_other_shards": skipped,
                "edit_accuracy": float(np.mean([r["all"] for r in rows])),
                "per_attribute_read": {k: float(np.mean([r[k] for r in rows])) for k in ("background", "colour", "shape")},
                "accuracy_by_edit": {a: float(np.mean([r["all"] for r in rows if r["attribute"] == a]))

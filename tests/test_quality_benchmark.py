@@ -375,3 +375,33 @@ def test_turned_scenes_are_their_own_scene_set(tmp_path, capsys):
     assert f"seed {SEED}, turned 1" in (tmp_path / "quality.md").read_text()
     assert run_main(main, argv + ["--turned-prob", "1.5"]) == 2
     assert "--turned-prob must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_shards_split_the_scenes_and_an_unsharded_run_scores_what_they_finished(tmp_path, capsys):
+    """--shard I/N edits every N-th scene; the shards together equal one unsharded run, scene by scene."""
+    base = ["--model", "tiny-random", "--parts", "edits", "--n", "3", "--steps", "2", "--inner-steps", "1",
+            "--batch-size", "2", "--methods", "p2p:direct", "--quiet"]
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    assert run_main(main, base + ["--out", str(shared), "--shard", "1/2"]) == 0
+    first = json.loads((shared / "quality.json").read_text())["results"][0]
+    assert [r["scene"] for r in first["per_scene"]] == [0, 2] and first["left_to_other_shards"] == 1
+    assert not (shared / "edits" / "p2p-direct" / "001").exists()
+    assert run_main(main, base + ["--out", str(shared), "--shard", "2/2"]) == 0
+    second = json.loads((shared / "quality.json").read_text())["results"][0]
+    assert [r["scene"] for r in second["per_scene"]] == [0, 1, 2] and second["resumed"] == 2
+    assert run_main(main, base + ["--out", str(shared)]) == 0
+    together = json.loads((shared / "quality.json").read_text())["results"][0]
+    assert together["resumed"] == 3 and together["left_to_other_shards"] == 0
+    assert run_main(main, base + ["--out", str(alone)]) == 0
+    one_run = json.loads((alone / "quality.json").read_text())["results"][0]
+    # the same verdicts; figures equal to float rounding (a shard inverts its scenes in other batches)
+    for mine, theirs in zip(together["per_scene"], one_run["per_scene"]):
+        assert {k: mine[k] for k in ("scene", "attribute", "all", "background", "colour", "shape")} == \
+            {k: theirs[k] for k in ("scene", "attribute", "all", "background", "colour", "shape")}
+        assert mine["edit_psnr"] == pytest.approx(theirs["edit_psnr"], abs=0.01)
+        assert mine["unchanged_psnr"] == pytest.approx(theirs["unchanged_psnr"], abs=0.01)
+    assert together["edit_accuracy"] == one_run["edit_accuracy"]
+    for bad in ("0/2", "3/2", "1/4", "a/b"):
+        assert run_main(main, base + ["--out", str(tmp_path / "bad"), "--shard", bad]) == 2
+        assert "--shard" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
