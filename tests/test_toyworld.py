@@ -427,3 +427,105 @@ def test_turned_share_and_the_checker_reads_turned_shapes():
                              [sc for sc, _, _ in turned])
     for k in ATTRS:
         assert clean[k] >= 0.98 and noisy[k] >= 0.95, (k, clean, noisy)
+
+
+# --------------------------------------------------- training checkpoints ---
+
+def _tiny_unet_stage(seed: int):
+    import torch
+    from transformers import CLIPTokenizer
+
+    from editing.core.model import TOKENIZER_DIR
+    from toyworld import train
+
+    torch.manual_seed(seed)
+    cfg = train.Config(unet_steps=4, unet_batch=2)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    vae, text_encoder, unet = train.build_components(cfg, tokenizer)
+    data = (torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(1)),
+            train.tokenize(tokenizer, ["a red circle on a gray background", "a blue square on a white background"] * 2),
+            train.tokenize(tokenizer, [""])[0])
+    return cfg, vae, text_encoder, unet, data
+
+
+def _weights(*modules) -> dict:
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+
+
+def test_a_killed_unet_stage_goes_on_from_its_checkpoint_bit_for_bit(tmp_path):
+    import torch
+
+    from editing.core.model import ddim_scheduler
+    from toyworld import train
+    from toyworld.checkpoint import UNetCheckpoint
+
+    cfg, vae, text_encoder, unet, data = _tiny_unet_stage(0)
+    train.train_unet(unet, text_encoder, *data, ddim_scheduler(), cfg, torch.Generator().manual_seed(0), True)
+    straight = _weights(unet, text_encoder)
+
+    class Killed(Exception):
+        pass
+
+    class KilledAfterSaving(UNetCheckpoint):  # the process dies right after its first checkpoint
+        def save(self, *args, **kwargs):
+            super().save(*args, **kwargs)
+            raise Killed
+
+    folder = tmp_path / "model.checkpoint"
+    cfg, vae, text_encoder, unet, data = _tiny_unet_stage(0)
+    with pytest.raises(Killed):
+        train.train_unet(unet, text_encoder, *data, ddim_scheduler(), cfg, torch.Generator().manual_seed(0), True,
+                         KilledAfterSaving(folder, cfg.to_json(), every=2), vae)
+    checkpoint = UNetCheckpoint(folder, cfg.to_json(), every=2)
+    assert checkpoint.exists() and checkpoint.state()["step"] == 2
+    assert sorted(f.name for f in folder.iterdir()) == ["ema.safetensors", "generator.safetensors",
+                                                       "optimiser.safetensors", "state.json",
+                                                       "text_encoder.safetensors", "unet.safetensors",
+                                                       "vae.safetensors"]
+    # a new process: other initial weights and a fresh generator, all replaced by the checkpoint
+    cfg, vae, text_encoder, unet, data = _tiny_unet_stage(99)
+    assert any(not torch.equal(v, straight[k]) for k, v in _weights(unet, text_encoder).items())
+    stats = train.train_unet(unet, text_encoder, *data, ddim_scheduler(), cfg, torch.Generator().manual_seed(5),
+                             True, checkpoint, vae)
+    assert stats["resumed_at_step"] == 2
+    resumed = _weights(unet, text_encoder)
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+    with pytest.raises(ValueError, match="another training recipe"):
+        UNetCheckpoint(folder, {**cfg.to_json(), "unet_lr": 0.5}).state()
+    assert not checkpoint.due(4, 4) and checkpoint.due(2, 4) and not checkpoint.due(3, 4)
+
+
+@pytest.mark.slow
+def test_the_training_command_killed_and_run_again_saves_the_uninterrupted_model(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from toyworld import train
+
+    args = ["--n-train", "40", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "60", "--unet-batch", "2",
+            "--n-eval", "2", "--n-eval-vae", "2", "--threads", "1", "--checkpoint-every", "2", "--quiet"]
+    assert train.main(["--out", str(tmp_path / "straight"), *args]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "toyworld.train", "--out", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    state = tmp_path / "killed.checkpoint" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.is_file() and not out.exists(), "the run should have died mid-way, after a checkpoint"
+    other = [a if a != "60" else "80" for a in args]  # another recipe (more steps: another schedule)
+    assert train.main(["--out", str(out), *other]) == 2 and state.is_file()  # refused, the checkpoint kept
+    assert "another training recipe" in capsys.readouterr().err
+    assert train.main(["--out", str(out), *args]) == 0
+    report = json.loads((out / "training.json").read_text())
+    assert report["final_losses"]["unet"]["resumed_at_step"] >= 2
+    assert not (tmp_path / "killed.checkpoint").exists()
+    for part in ("unet", "text_encoder", "vae"):
+        a = next((tmp_path / "straight" / part).glob("*.safetensors")).read_bytes()
+        b = next((out / part).glob("*.safetensors")).read_bytes()
+        assert a == b, part

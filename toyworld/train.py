@@ -25,6 +25,10 @@ Continuing a run: `--init-from DIR` loads the VAE, UNet and text encoder of a sa
 trained in fp32), keeps the VAE frozen with its scaling factor (stage 2 is skipped), and trains the UNet and
 text encoder `--unet-steps` more steps with the same recipe (a new warm-up + cosine, the EMA starting from the
 loaded weights). `training.json` records the parent's command, steps and figures (`lineage`) and the total steps.
+
+A killed run: every `--checkpoint-every` UNet steps the stage's whole state is saved to `OUT.checkpoint/`
+(toyworld/checkpoint.py); the same command again continues from it and ends with the same weights, bit for
+bit, as a run that was never stopped.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from editing.core.loading import load_model
 from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 from editing.core.metrics import psnr, psnr_from_mse
 from toyworld.checker import accuracy
+from toyworld.checkpoint import DEFAULT_EVERY, UNetCheckpoint
 from toyworld.world import iter_dataset, random_scene, caption
 
 MAX_FOLDER_MB = 30.0  # the default model lives in the repo: keep it small
@@ -250,7 +255,10 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
-               noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool) -> dict:
+               noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool,
+               checkpoint: UNetCheckpoint | None = None, vae=None) -> dict:
+    """cfg.unet_steps steps; with a checkpoint, its state is saved every checkpoint.every steps (with the
+    frozen vae) and, when one exists, training goes on from its step."""
     from diffusers.training_utils import compute_snr
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -262,9 +270,15 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     unet.train()
     text_encoder.train()
     T = len(alphas_cumprod)
-    smooth = None
-    bar = tqdm(range(cfg.unet_steps), desc="unet", disable=disable, **_bar())
-    for _ in bar:
+    networks = {"unet": unet, "text_encoder": text_encoder}
+    start, smooth = 0, None
+    if checkpoint is not None and checkpoint.exists():
+        state = checkpoint.restore(networks, opt, sched, ema, gen)
+        start, smooth = state["step"], state["smooth"]
+        print(f"unet: continuing from the checkpoint at step {start} ({checkpoint.folder})", flush=True)
+    bar = tqdm(range(start, cfg.unet_steps), initial=start, total=cfg.unet_steps, desc="unet", disable=disable,
+               **_bar())
+    for step in bar:
         # every draw comes from the CPU generator, so a run's samples do not depend on the device
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
         z0 = latents[idx.to(device)]  # (B, 4, 16, 16), scaled
@@ -291,10 +305,12 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         raw = per_sample.mean().item()
         smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
         bar.set_postfix(mse=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
+        if checkpoint is not None and checkpoint.due(step + 1, cfg.unet_steps):
+            checkpoint.save(step + 1, vae, networks, opt, sched, ema, gen, {"smooth": smooth})
     ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
-    return {"eps_mse": smooth}
+    return {"eps_mse": smooth, "resumed_at_step": start}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,9 +446,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from a saved model folder: its VAE (frozen, not retrained), UNet and text "
                         "encoder; --unet-steps more steps with a new warm-up + cosine")
+    p.add_argument("--checkpoint-every", type=int, default=DEFAULT_EVERY, metavar="STEPS",
+                   help="save the UNet stage's state to OUT.checkpoint/ every STEPS steps; the same command "
+                        "again continues from it (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    for name in ("threads", "n_train", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "n_eval", "n_eval_vae"):
+    for name in ("threads", "n_train", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "n_eval", "n_eval_vae",
+                 "checkpoint_every"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("two_shapes_prob", "turned_prob", "caption_dropout"):
@@ -489,6 +509,14 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out).resolve()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    checkpoint = UNetCheckpoint(out.with_name(f"{out.name}.checkpoint"), cfg.to_json(), args.checkpoint_every)
+    resuming = checkpoint.exists()
+    if resuming:
+        try:
+            checkpoint.state()
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     disable = args.quiet
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # tiny Adam/EMA values must not slow the CPU down late in training
@@ -525,7 +553,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. autoencoder
     t = time.perf_counter()
-    if parent is None:
+    saved_scaling = None
+    if resuming:  # the VAE stage is behind the checkpoint: its weights come from it
+        saved_scaling = checkpoint.load_vae(vae)
+        vae.requires_grad_(False).eval()
+        vae_stats = None
+    elif parent is None:
         vae_stats = train_vae(vae, train, cfg, rng, disable)
     else:
         vae.requires_grad_(False).eval()
@@ -542,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     vae_psnr_fp32 = float(np.mean([psnr(x, y) for x, y in zip(held_vae.images, rec)]))
     std, mean = float(latents.std()), float(latents.mean())
     scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)  # a continuation keeps it
+    scaling = saved_scaling if saved_scaling is not None else scaling
     vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
     times["encode"] = time.perf_counter() - t
@@ -553,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = tokenize(tokenizer, train.captions)  # stays on the CPU: rows are picked by the CPU generator
     empty_ids = tokenize(tokenizer, [EMPTY_PROMPT])[0]
     del train
-    unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable)
+    unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable,
+                            checkpoint, vae)
     times["unet"] = time.perf_counter() - t
 
     # 5. save, reload, score, publish
@@ -592,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     replace_folder(tmp, out)
+    checkpoint.remove()  # the model is saved: nothing left to continue
     print(f"saved {out} ({size_mb:.1f} MB, weights fp16 on disk)", flush=True)
     print(f"quality: VAE PSNR {ev['vae_psnr_db']:.2f} dB on {ev['vae_n']} held-out renders; "
           f"text-to-image on {acc['n']} held-out captions ({ev['eval_sampler']}): "
