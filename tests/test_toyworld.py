@@ -478,10 +478,10 @@ def test_a_killed_unet_stage_goes_on_from_its_checkpoint_bit_for_bit(tmp_path):
                          KilledAfterSaving(folder, cfg.to_json(), every=2), vae)
     checkpoint = UNetCheckpoint(folder, cfg.to_json(), every=2)
     assert checkpoint.exists() and checkpoint.state()["step"] == 2
-    assert sorted(f.name for f in folder.iterdir()) == ["ema.safetensors", "generator.safetensors",
-                                                       "optimiser.safetensors", "state.json",
-                                                       "text_encoder.safetensors", "unet.safetensors",
-                                                       "vae.safetensors"]
+    assert sorted(f.name for f in folder.iterdir()) == ["state.json", "step-000002"]
+    assert sorted(f.name for f in (folder / "step-000002").iterdir()) == [
+        "ema.safetensors", "generator.safetensors", "optimiser.safetensors", "text_encoder.safetensors",
+        "unet.safetensors", "vae.safetensors"]
     # a new process: other initial weights and a fresh generator, all replaced by the checkpoint
     cfg, vae, text_encoder, unet, data = _tiny_unet_stage(99)
     assert any(not torch.equal(v, straight[k]) for k, v in _weights(unet, text_encoder).items())
@@ -493,6 +493,7 @@ def test_a_killed_unet_stage_goes_on_from_its_checkpoint_bit_for_bit(tmp_path):
     with pytest.raises(ValueError, match="another training recipe"):
         UNetCheckpoint(folder, {**cfg.to_json(), "unet_lr": 0.5}).state()
     assert not checkpoint.due(4, 4) and checkpoint.due(2, 4) and not checkpoint.due(3, 4)
+    assert sorted(f.name for f in folder.iterdir()) == ["state.json", "step-000002"]  # a later save replaces it
 
 
 @pytest.mark.slow

@@ -5,10 +5,11 @@ closed terminal loses all of it. Every `every` UNet steps the whole state of the
 `OUT.checkpoint/` (next to the output folder): the VAE (frozen in this stage, so a from-scratch run does not
 train it again), UNet and text-encoder weights in fp32, the EMA's shadow weights, AdamW's moments, the
 learning-rate schedule's position, the sample generator's state and the step reached. Tensors go in
-safetensors files, everything else in state.json (no pickle). Running the same command again loads it and
-continues from that step; the weights at the end are then the same bits as those of an uninterrupted run
-(`tests/test_toyworld.py` checks it). The folder is replaced atomically at each save and removed when the
-model is saved. A checkpoint written by another recipe is refused, never silently mixed in.
+safetensors files under `step-NNNNNN/`, everything else in state.json (no pickle), which names that folder and
+is replaced atomically once the folder is complete: whenever the process dies, state.json names a whole
+checkpoint. Running the same command again loads it and continues from that step; the weights at the end are
+then the same bits as those of an uninterrupted run (`tests/test_toyworld.py` checks it). The folder is
+removed when the model is saved. A checkpoint written by another recipe is refused, never silently mixed in.
 """
 from __future__ import annotations
 
@@ -47,16 +48,21 @@ class UNetCheckpoint:
         """Save after `step` steps? (not after the last one: the model itself is saved then)"""
         return step % self.every == 0 and step < total
 
+    def files(self) -> Path:
+        """The folder of the tensors state.json names."""
+        return self.folder / self.state()["files"]
+
     def save(self, step: int, vae, networks: dict, optimiser, schedule, ema, generator, extra: dict) -> None:
-        tmp = self.folder.with_name(f"{self.folder.name}.tmp-{os.getpid()}")
+        files = f"step-{step:06d}"
+        tmp = self.folder / files
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in vae.state_dict().items()},
                   str(tmp / "vae.safetensors"))
-        for name, module in networks.items():
+        for part, module in networks.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
+                      str(tmp / f"{part}.safetensors"))
         ema_state = ema.state_dict()
         save_file({f"{i}": p.detach().contiguous().cpu() for i, p in enumerate(ema_state.pop("shadow_params"))},
                   str(tmp / "ema.safetensors"))
@@ -70,35 +76,34 @@ class UNetCheckpoint:
                     scalars[f"{index}.{slot}"] = value
         save_file(tensors, str(tmp / "optimiser.safetensors"))
         save_file({"state": generator.get_state()}, str(tmp / "generator.safetensors"))
-        state = {"format": FORMAT, "recipe": self.recipe, "step": step, "ema": ema_state,
+        state = {"format": FORMAT, "recipe": self.recipe, "step": step, "files": files, "ema": ema_state,
                  "optimiser": {"param_groups": [{k: v for k, v in g.items()} for g in opt_state["param_groups"]],
                                "scalars": scalars},
                  "schedule": {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},
                  "scaling_factor": float(vae.config.scaling_factor), **extra}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-        old = self.folder.with_name(f"{self.folder.name}.old-{os.getpid()}")
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)  # from here on the new checkpoint is the one a restart finds
-        if old.exists():
-            shutil.rmtree(old)
+        partial = self.folder / f"state.json.tmp-{os.getpid()}"
+        partial.write_text(json.dumps(state, indent=1) + "\n")
+        os.replace(partial, self.folder / "state.json")  # from here on this checkpoint is the one a restart finds
+        for older in self.folder.glob("step-*"):
+            if older.name != files:
+                shutil.rmtree(older)
 
     def load_vae(self, vae) -> float:
         """The VAE weights the checkpoint was written with; returns its scaling factor."""
         state = self.state()
-        vae.load_state_dict(load_file(str(self.folder / "vae.safetensors")))
+        vae.load_state_dict(load_file(str(self.files() / "vae.safetensors")))
         return float(state["scaling_factor"])
 
     def restore(self, networks: dict, optimiser, schedule, ema, generator) -> dict:
         """Load everything back into the live objects (the same parameters the optimiser holds); returns
         state.json (its "step" is where to go on)."""
-        state = self.state()
+        state, files = self.state(), self.files()
         for name, module in networks.items():
-            module.load_state_dict(load_file(str(self.folder / f"{name}.safetensors")))
-        shadow = load_file(str(self.folder / "ema.safetensors"))
+            module.load_state_dict(load_file(str(files / f"{name}.safetensors")))
+        shadow = load_file(str(files / "ema.safetensors"))
         device = next(iter(networks.values())).device
         ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"].to(device) for i in range(len(shadow))]})
-        tensors = load_file(str(self.folder / "optimiser.safetensors"))
+        tensors = load_file(str(files / "optimiser.safetensors"))
         slots: dict[int, dict] = {}
         for key, value in list(tensors.items()) + list(state["optimiser"]["scalars"].items()):
             index, slot = key.split(".", 1)
@@ -106,7 +111,7 @@ class UNetCheckpoint:
                 else value
         optimiser.load_state_dict({"state": slots, "param_groups": state["optimiser"]["param_groups"]})
         schedule.load_state_dict({**schedule.state_dict(), **state["schedule"]})
-        generator.set_state(load_file(str(self.folder / "generator.safetensors"))["state"])
+        generator.set_state(load_file(str(files / "generator.safetensors"))["state"])
         return state
 
     def remove(self) -> None:
