@@ -3,7 +3,7 @@
 - null-finetune against K: one null-text inversion and one fine-tuning of max(K) per scene serve the whole
   K strip (the first K fine-tuned nulls do not depend on later ones), so every K is scored on the same run.
 - learned-embedding against eta, for N in --interp (steps, steps/2, a few), with lambda = 0 and lambda = the
-  default: one e_opt and one inversion per (scene, lambda) serve the eta x N grid (one sampling batch).
+  thesis' 1e-3: one e_opt and one inversion per (scene, lambda) serve the eta x N grid (one sampling batch).
   The thesis says the method is unstable in eta without the L2 term: measured here as the spread (standard
   deviation over eta) of the edit PSNR against the truth, per scene, averaged over the scenes.
 - finetune-embedding (the thesis' future work) against K, the same way as null-finetune.
@@ -35,8 +35,8 @@ from editing.core.errors import UserError
 from editing.core.files import atomic_write, write_json
 from editing.core.image_io import image_grid, save_image
 from editing.core.loading import load_model
-from editing.finetune_embedding import FinetuneEmbeddingConfig, edit_finetune_embedding
-from editing.learned_embedding import DEFAULT_EMBEDDING, LearnedEmbeddingConfig, edit_learned_embedding
+from editing.finetune_embedding import FINETUNE_EMBEDDING, FinetuneEmbeddingConfig, edit_finetune_embedding
+from editing.learned_embedding import DEFAULT_EMBEDDING, THESIS_L2, LearnedEmbeddingConfig, edit_learned_embedding
 from editing.null_finetune import NullFinetuneConfig, edit_null_finetune
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert
 from inversion.null_text import NullTextConfig
@@ -95,7 +95,7 @@ def settings(args) -> dict:
     except ValueError:
         raise UserError(f"--etas takes comma-separated numbers, got {args.etas!r}") from None
     return {"steps": args.steps, "guidance": args.guidance, "inner_steps": args.inner_steps, "ks": ks,
-            "etas": etas, "ns": ns, "lambdas": [0.0, DEFAULT_EMBEDDING.l2], "embed_steps": args.embed_steps,
+            "etas": etas, "ns": ns, "lambdas": [0.0, THESIS_L2], "embed_steps": args.embed_steps,
             "seed": args.seed, **scene_settings(args)}
 
 
@@ -114,7 +114,8 @@ def scene_scores(model, pair: dict, curve: str, s: dict, disable: bool) -> dict:
                                     strip=s["ks"], disable=disable)
         points = {f"K={k}": score_edit(pair, edit, result.reconstruction) for k, edit in zip(s["ks"], result.strip)}
     elif curve == "finetune-embedding":
-        config = FinetuneEmbeddingConfig(embedding=embedding, steps=s["ks"][0])
+        config = FinetuneEmbeddingConfig(embedding=dataclasses.replace(FINETUNE_EMBEDDING, steps=s["embed_steps"]),
+                                         steps=s["ks"][0])
         result = edit_finetune_embedding(model, image, target, config, nti, generator(), strip=s["ks"],
                                          disable=disable)
         points = {f"K={k}": score_edit(pair, edit, result.reconstruction) for k, edit in zip(s["ks"], result.strip)}

@@ -21,18 +21,21 @@ import numpy as np
 import torch
 
 from editing.embedding import EmbeddingConfig
-from editing.learned_embedding import DEFAULT_EMBEDDING, learn_embedding
+from editing.learned_embedding import DEFAULT_EMBEDDING, THESIS_L2, learn_embedding
 from editing.null_finetune import DEFAULT_INNER_STEPS, DEFAULT_K, finetune_nulls, generate, pivot
 from inversion.invert import InversionConfig, invert
 from inversion.null_text import NullTextConfig
 from inversion.record import Inversion
 
 
+FINETUNE_EMBEDDING = replace(DEFAULT_EMBEDDING, l2=THESIS_L2)  # the L2-pulled e_opt the future work names
+
+
 @dataclass(frozen=True)
 class FinetuneEmbeddingConfig:
-    # Each half keeps its own method's default until the quality suite's K curve says otherwise: the L2-pulled
-    # e_opt of learned-embedding, and null-finetune's K and 30 inner steps.
-    embedding: EmbeddingConfig = field(default_factory=lambda: DEFAULT_EMBEDDING)
+    # The thesis' future work: e_opt learned WITH the L2 pull (lambda 1e-3, whatever learned-embedding's own
+    # default), then null-finetune's fine-tuning of the first K nulls (30 inner steps) against e_tgt.
+    embedding: EmbeddingConfig = field(default_factory=lambda: FINETUNE_EMBEDDING)
     steps: int = DEFAULT_K  # K: fine-tune (and use) the nulls of the first K sampling steps
     null_text: NullTextConfig = NullTextConfig(inner_steps=DEFAULT_INNER_STEPS)
 
