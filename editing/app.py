@@ -46,6 +46,7 @@ from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as
     DEFAULT_UNET as IMAGIC_UNET
 from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT_ETA as LE_ETA, \
     DEFAULT_INTERP_STEPS as LE_INTERP_STEPS
+from editing.finetune_embedding import DEFAULT_FINETUNE_K
 from editing.null_finetune import DEFAULT_K
 from editing.request import EDIT_METHODS, EditRequest
 from inversion.record import METHODS as INVERSIONS
@@ -104,7 +105,7 @@ def page_defaults(editor: Editor) -> dict:
     """What the page's form starts from: EditRequest's defaults, the choices, the methods' own defaults."""
     fields = {f.name: f for f in dataclasses.fields(EditRequest)}
     method_defaults = {  # shown beside the options whose request default is "the method's own"
-        "finetune_steps": f"{DEFAULT_K}", "interp_steps": f"{LE_INTERP_STEPS}",
+        "finetune_steps": f"{DEFAULT_K} null-finetune, {DEFAULT_FINETUNE_K} finetune-embedding", "interp_steps": f"{LE_INTERP_STEPS}",
         "eta": f"{LE_ETA} learned-embedding, {IMAGIC_ETA} imagic",
         "embed_steps": f"{LE_EMBEDDING.steps} learned-embedding, {IMAGIC_EMBEDDING.steps} imagic",
         "unet_steps": f"{IMAGIC_UNET.steps}",

@@ -27,7 +27,8 @@ from editing.core.outputs import OutputFolder, refuse_input
 from editing.core.model import DTYPES
 from editing.core.speed import speed_summary, unet_checkpointing
 from editing.embedding import EmbeddingConfig
-from editing.finetune_embedding import FINETUNE_EMBEDDING, FinetuneEmbeddingConfig, edit_finetune_embedding
+from editing.finetune_embedding import DEFAULT_FINETUNE_K, FINETUNE_EMBEDDING, FinetuneEmbeddingConfig, \
+    edit_finetune_embedding
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
     DEFAULT_UNET as IMAGIC_UNET, ImagicConfig, edit_imagic
 from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT_ETA as LE_ETA, \
@@ -193,7 +194,7 @@ def run_imagic(model, image, request: EditRequest, invert_source, disable) -> Me
 
 
 def run_finetune_embedding(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
-    k = min(DEFAULT_K if request.finetune_steps is None else request.finetune_steps, request.steps)
+    k = min(DEFAULT_FINETUNE_K if request.finetune_steps is None else request.finetune_steps, request.steps)
     config = FinetuneEmbeddingConfig(embedding=embedding_config(request, FINETUNE_EMBEDDING), steps=k,
                                      null_text=NullTextConfig(inner_steps=request.finetune_inner))
     strip = sweep_values(request.sweep_k, request.steps, "--sweep-k", int) if request.sweep else []

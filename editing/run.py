@@ -43,6 +43,7 @@ from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as
     DEFAULT_UNET as IMAGIC_UNET
 from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT_ETA as LE_ETA, \
     DEFAULT_INTERP_STEPS as LE_INTERP_STEPS
+from editing.finetune_embedding import DEFAULT_FINETUNE_K
 from editing.null_finetune import DEFAULT_INNER_STEPS, DEFAULT_K
 from editing.request import EDIT_METHODS, EditRequest
 from attention.controllers import EDIT_MODES
@@ -80,7 +81,9 @@ def build_parser() -> Parser:
     p.add_argument("--mask", default=None, help="a mask image (white = may change) instead of blend words")
     g = p.add_argument_group("null-finetune, learned-embedding, imagic and finetune-embedding")
     g.add_argument("--finetune-steps", type=int, default=None, metavar="K",
-                   help=f"null-finetune, finetune-embedding: fine-tune the nulls of the first K steps (default {DEFAULT_K})")
+                   help=f"null-finetune, finetune-embedding: fine-tune the nulls of the first K steps (default "
+                        f"{DEFAULT_K} null-finetune, i.e. every step of the default 50; {DEFAULT_FINETUNE_K} "
+                        "finetune-embedding)")
     g.add_argument("--finetune-inner", type=int, default=DEFAULT_INNER_STEPS,
                    help=f"null-finetune, finetune-embedding: Adam steps per fine-tuned step (default {DEFAULT_INNER_STEPS})")
     g.add_argument("--eta", type=float, default=None,
