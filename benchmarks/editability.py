@@ -65,10 +65,13 @@ def build_parser() -> Parser:
     return p
 
 
-def training_recipe() -> dict:
-    record = DEFAULT_MODEL_DIR / "training.json"
+def training_recipe(model_spec: str | None) -> dict:
+    """The training record of the model: a model folder's training.json, else the default model's."""
+    folder = Path(model_spec) if model_spec and Path(model_spec).is_dir() else DEFAULT_MODEL_DIR
+    record = folder / "training.json"
     if not record.is_file():
-        raise UserError(f"coverage needs the default model's training record {record}")
+        raise UserError(f"coverage needs the model's training record {record} (a toyworld.train folder's); "
+                        "leave coverage out of --parts for other models")
     return json.loads(record.read_text())
 
 
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
               "scene_set": scenes_name(args)}
     pairs = benchmark_scenes(args, model.resolution)
     if "coverage" in args.parts:
-        recipe = training_recipe()
+        recipe = training_recipe(args.model)
         report["coverage"] = coverage(recipe)
         report["caption_dropout"] = recipe["config"].get("caption_dropout")
     if "vae" in args.parts:

@@ -279,17 +279,19 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
         found = finished_summary(folder / f"{k:03d}")
         return found if found is not None and same_edit(found, requests[k], model) else None
 
-    todo = [k for k in range(len(pairs)) if k % shards == remainder and finished(k) is None]
+    done = {k: found for k in range(len(pairs)) if (found := finished(k)) is not None}
+    todo = [k for k in range(len(pairs)) if k % shards == remainder and k not in done]
+    positions = {k: position for position, k in enumerate(todo)}
     rows, examples, resumed, skipped = [], [], 0, 0
     for k, pair in enumerate(tqdm(pairs, desc=label, disable=args.quiet)):
-        summary = finished(k)
+        summary = done.get(k)
         if summary is not None:
             resumed += 1
-        elif k not in todo:
+        elif k not in positions:
             skipped += 1  # another shard's scene, not finished yet
             continue
         else:
-            position = todo.index(k)
+            position = positions[k]
             if position % args.batch_size == 0:  # the next batch_size scenes to edit, inverted together
                 ahead = todo[position:position + args.batch_size]
                 inverter.prefetch(model, [(pairs[j]["image"], requests[j]) for j in ahead], disable=True)
@@ -322,13 +324,19 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
     return summary, examples
 
 
-def model_provenance(model) -> dict | None:
-    """The training record of the embedded default model (which model the figures come from)."""
-    record = DEFAULT_MODEL_DIR / "training.json"
-    if model.name != "default" or not record.is_file():
+def model_provenance(model, spec: str | None) -> dict | None:
+    """The training record of the model the figures come from: the embedded default's, or a toyworld.train
+    folder's given as --model; None for other models."""
+    if model.name == "default":
+        record, shown = DEFAULT_MODEL_DIR / "training.json", "toyworld/model/training.json"
+    elif spec and Path(spec).is_dir():
+        record = shown = Path(spec) / "training.json"
+    else:
+        return None
+    if not record.is_file():
         return None
     training = json.loads(record.read_text())
-    return {"training_record": "toyworld/model/training.json", "command": training.get("command"),
+    return {"training_record": str(shown), "command": training.get("command"),
             "steps": training.get("steps"), "attribute_accuracy": training.get("attribute_accuracy"),
             "vae_psnr_db_heldout": training.get("vae_psnr_db_heldout")}
 
@@ -342,7 +350,7 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
         t = header["training"]
         acc = t["attribute_accuracy"] or {}
         read = ", ".join(f"{k} {acc[k]:.2f}" for k in ("background", "colour", "shape") if k in acc)
-        lines += ["", f"default model: {t['training_record']}, trained by `{t['command']}`; text-to-image "
+        lines += ["", f"model: {t['training_record']}, trained by `{t['command']}`; text-to-image "
                       f"attribute accuracy {acc.get('all', float('nan')):.2f} ({read})"]
     if reconstruction is not None:
         photos = list(reconstruction[0]["per_photo"])
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     apply_speed(model, speed_options(args))
     out = Path(args.out)
-    header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(model),
+    header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(model, args.model),
               "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance,
               "inner_steps": args.inner_steps, "device": str(model.device), "dtype": args.dtype,
               "speed": speed_summary(model),

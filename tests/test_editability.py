@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.editability import coverage, main, training_recipe, word_position
 from editing.cli import run_main
+from editing.core.errors import UserError
 from editing.core.model import build_tiny_model
 
 
@@ -25,14 +26,22 @@ def test_runs_on_a_tiny_model_and_writes_its_files(tmp_path):
 
 
 def test_coverage_redraws_the_recipe_s_scenes():
-    recipe = training_recipe()
-    small = {**recipe, "config": {**recipe["config"], "n_train": 500}}
+    small = {"config": {"seed": 0, "n_train": 500, "two_shapes_prob": 0.1}}  # a recipe from before angles
     found = coverage(small)
     assert found["scenes"] == 500 and found["combinations_seen"] <= found["combinations_possible"] == 114
-    assert 0 < found["two_shape_scenes"] < 500  # the recipe's 10 % two-shape scenes
-    assert found["rotated_shapes"] == 0 and "upright only" in found["note"]  # the committed recipe
+    assert 0 < found["two_shape_scenes"] < 150  # the recipe's 10 % two-shape scenes
+    assert found["rotated_shapes"] == 0 and "upright only" in found["note"]
     turned = coverage({**small, "config": {**small["config"], "turned_prob": 0.5}})
     assert 100 < turned["rotated_shapes"] < 400 and "turned with probability 0.5" in turned["note"]
+
+
+def test_the_recipe_is_the_model_folder_s_else_the_default_s(tmp_path):
+    assert "config" in training_recipe(None)  # the committed model's record
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"seed": 5}}))
+    assert training_recipe(str(tmp_path)) == {"config": {"seed": 5}}
+    assert training_recipe(str(tmp_path / "missing")) == training_recipe(None)  # a spec, not a folder
+    with pytest.raises(UserError, match="training record"):
+        training_recipe(str(tmp_path.parent))  # a folder without a record
 
 
 def test_word_position_finds_the_word_after_the_start_token():
