@@ -530,3 +530,32 @@ def test_the_training_command_killed_and_run_again_saves_the_uninterrupted_model
         a = next((tmp_path / "straight" / part).glob("*.safetensors")).read_bytes()
         b = next((out / part).glob("*.safetensors")).read_bytes()
         assert a == b, part
+
+
+def test_score_puts_two_models_on_the_same_held_out_scenes(tmp_path, capsys):
+    """toyworld.score: the same folder twice reads the same figures (same scenes, same seeded sampler), in
+    train's format; a folder that is not a model is one error line."""
+    from editing.core.model import DEFAULT_MODEL_DIR
+    from toyworld import score
+
+    argv = [str(DEFAULT_MODEL_DIR), str(DEFAULT_MODEL_DIR), "--n", "2", "--n-vae", "3", "--turned-prob", "1",
+            "--out", str(tmp_path), "--quiet"]
+    assert score.main(argv) == 0
+    report = json.loads((tmp_path / "score.json").read_text())
+    first, second = report["models"]
+    assert first == second and first["vae_n"] == 3 and first["attribute_accuracy"]["n"] == 2
+    assert 20 < first["vae_psnr_db"] < 60 and 0.0 <= first["attribute_accuracy"]["all"] <= 1.0
+    assert capsys.readouterr().out == (tmp_path / "score.md").read_text()
+    assert score.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not a model folder" in err and len(err.splitlines()) == 1
+
+
+def test_score_help_has_a_worked_example(capsys):
+    from helpers import help_examples
+    from toyworld import score
+
+    with pytest.raises(SystemExit):
+        score.main(["--help"])
+    examples = help_examples(capsys.readouterr().out, "python -m toyworld.score")
+    assert examples and all(len(score.build_parser().parse_args(e).models) == 2 for e in examples)
