@@ -42,7 +42,8 @@ def assert_scores_read_from_the_written_edits(out, result) -> None:
     from benchmarks.quality import SEED
     from toyworld.checker import check, read_scene
 
-    pairs = edit_pairs(SEED, result["scenes"], size=64)
+    report = json.loads((out / "quality.json").read_text())
+    pairs = edit_pairs(SEED, result["scenes"], size=64, turned_prob=report["turned_prob"])
     folder = out / "edits" / result["spec"].replace(":", "-")
     verdicts = [all(check(read_scene(read_image(folder / f"{k:03d}" / "edit.png")), pair["edited_scene"]).values())
                 for k, pair in enumerate(pairs)]
@@ -358,13 +359,15 @@ def test_a_second_run_resumes_the_finished_scenes_and_reports_the_same_figures(t
 
 def test_turned_scenes_are_their_own_scene_set(tmp_path, capsys):
     """--turned-prob draws the benchmark's scenes with turned shapes; their edits never resume the upright ones."""
+    from benchmarks import quality
     from benchmarks.quality import SEED
 
     argv = ["--model", "tiny-random", "--parts", "edits", "--n", "2", "--steps", "2", "--inner-steps", "1",
             "--batch-size", "2", "--methods", "p2p:direct", "--out", str(tmp_path), "--quiet"]
-    assert run_main(main, argv) == 0
+    assert run_main(main, argv + ["--turned-prob", "0"]) == 0
     upright = json.loads((tmp_path / "quality.json").read_text())
     assert upright["scene_set"] == f"seed {SEED}" and upright["turned_prob"] == 0.0
+    assert quality.build_parser().parse_args([]).turned_prob == quality.TURNED_PROB == 0.5  # users' scenes
     assert run_main(main, argv + ["--turned-prob", "1"]) == 0
     turned = json.loads((tmp_path / "quality.json").read_text())
     assert turned["scene_set"] == f"seed {SEED}, turned 1" and turned["results"][0]["resumed"] == 0
