@@ -15,8 +15,8 @@ caption through editing.run (run_edit), and is scored by:
 - edit PSNR / SSIM against the ground-truth edited render;
 - unchanged-region PSNR: over the pixels the ground-truth edit leaves alone (with a 1 px margin), the
   edit against the ground truth (there identical to the source);
-- layout: the distance between the centre of the main shape the checker reads in the edit and the
-  twin's (in px of the 64 px reference canvas); "kept" when at most 3 px;
+- layout: the distance between the centre of the main shape the checker reads in the edit and the one
+  it reads in the ground-truth twin (in px of the 64 px reference canvas); "kept" when at most 3 px;
 - reconstruction PSNR of the method's reconstruction against the source.
 A method is METHOD[:INVERSION]: p2p (Prompt-to-Prompt replace), null-finetune, learned-embedding with
 an inversion of null-text (default), negative-prompt, direct or ddim; imagic takes none. --run-args
@@ -234,9 +234,11 @@ def score_edit(pair: dict, edit: np.ndarray, reconstruction: np.ndarray) -> dict
     """The toy-world metrics of one edit against its ground truth."""
     reading = read_scene(edit)
     hits = check(reading, pair["edited_scene"])
-    truth = pair["edited_scene"].main
     blob = reading["shapes"][0] if reading["shapes"] else None  # one-shape scenes: the main shape
-    shift = None if blob is None else float(np.hypot(blob["x"] - truth.x, blob["y"] - truth.y))
+    # the reference is where the checker reads the twin's shape, not the scene's (x, y): a turned triangle
+    # turns about (x, y), which is not the centre of its bounding box, the centre the checker reads
+    truth = read_scene(pair["edited_image"])["shapes"][0]
+    shift = None if blob is None else float(np.hypot(blob["x"] - truth["x"], blob["y"] - truth["y"]))
     keep = unchanged_region(pair["image"], pair["edited_image"])
     return {"attribute": pair["attribute"], "all": all(hits.values()), **hits,
             "edit_psnr": min(psnr(edit, pair["edited_image"]), PSNR_CAP_DB),

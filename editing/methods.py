@@ -255,6 +255,8 @@ def same_edit(summary: dict, request: EditRequest, model) -> bool:
         return False
     if summary.get("model") != model.name or summary.get("dtype") != dtype_name(model.dtype):
         return False
+    if summary.get("model_fingerprint") != model.fingerprint:  # the same name, other weights (a retrained default)
+        return False
     return summary.get("request") == edit_identity(request)
 
 
@@ -331,8 +333,8 @@ def run_edit(model, image: np.ndarray, request: EditRequest, out: Path | OutputF
     timings = {k: round(v, 3) for k, v in result.timings_s.items()}
     timings["total"] = round(time.perf_counter() - start, 3)
     summary = {
-        "method": request.method, "model": model.name, "image": str(request.image),
-        "model_notes": dict(model.notes),  # how the model was loaded: e.g. which prediction type, and why
+        "method": request.method, "model": model.name, "model_fingerprint": model.fingerprint,
+        "image": str(request.image), "model_notes": dict(model.notes),  # how the model was loaded: e.g. which prediction type, and why
         "source_prompt": request.source_prompt, "target_prompts": list(request.target_prompts), "seed": request.seed,
         **result.summary, "device": str(model.device), "dtype": dtype_name(model.dtype), "speed": speed_summary(model),
         "timings_s": timings,

@@ -393,3 +393,26 @@ def test_a_second_launch_on_the_same_out_is_refused_by_every_process(tmp_path):
         assert "another editing.batch (process launch A)" in outcomes[name], outcomes
     with batch_lock(out, Rank(0, 1, None), "later"):  # released: the next batch runs
         pass
+
+
+@pytest.mark.parametrize("fingerprint", ["0000000000000000", None])
+def test_an_edit_by_other_weights_of_the_same_model_name_is_never_skipped(tmp_path, fingerprint):
+    """The bug: summary.json named the model ("default") but not its weights, so after the default model was
+    retrained a re-run reported the old model's edits as done. Now the fingerprint must match too (a summary
+    written before it was recorded never does)."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy(REPO / "examples" / "toy-red-circle.png", photos / "a-circle.png")
+    assert batch(folder_argv(photos, out)) == 0
+    path = out / "a-circle" / "summary.json"
+    summary = json.loads(path.read_text())
+    assert len(summary["model_fingerprint"]) == 16
+    assert batch(folder_argv(photos, out)) == 0 and by_name(report_of(out))["a-circle"]["status"] == "skipped"
+    if fingerprint is None:
+        del summary["model_fingerprint"]
+    else:
+        summary["model_fingerprint"] = fingerprint
+    path.write_text(json.dumps(summary))
+    assert batch(folder_argv(photos, out)) == 1
+    entry = by_name(report_of(out))["a-circle"]
+    assert entry["status"] == "failed" and "other settings" in entry["error"]
