@@ -20,6 +20,7 @@ import numpy as np
 
 from editing.core.files import atomic_write, write_json
 from editing.core.model import DEFAULT_MODEL_DIR
+from editing.core.offline import quiet_libraries
 from toyworld.train import Config, evaluate, render_set
 from toyworld.world import random_scene
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     captions = [random_scene(rng) for _ in range(args.n)]
     rows = []
     for model in args.models:
-        found = evaluate(Path(model), cfg, renders, captions, args.quiet)
+        with quiet_libraries(progress=not args.quiet):  # no library warnings on stderr, our bars only
+            found = evaluate(Path(model), cfg, renders, captions, args.quiet)
         rows.append({"model": model, "vae_psnr_db": found["vae_psnr_db"], "vae_n": found["vae_n"],
                      "attribute_accuracy": found["attribute_accuracy"], "sampler": found["eval_sampler"]})
     lines = [f"Held-out sets of seed {args.seed}: {args.n_vae} VAE renders (two shapes {args.two_shapes_prob:g}, "
