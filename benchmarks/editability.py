@@ -32,14 +32,13 @@ import torch
 
 from attention.controllers import AttentionStore
 from attention.heatmaps import overlay
-from benchmarks.quality import add_scene_options, benchmark_scenes, scenes_name
+from benchmarks.quality import add_scene_options, benchmark_scenes, scenes_name, training_record
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import atomic_write, write_json
 from editing.core.image_io import image_grid, save_image
 from editing.core.loading import load_model
 from editing.core.metrics import psnr
-from editing.core.model import DEFAULT_MODEL_DIR
 from editing.core.sampling import sample
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, source_conditioning
 from toyworld.checker import check
@@ -66,11 +65,11 @@ def build_parser() -> Parser:
 
 
 def training_recipe(model_spec: str | None) -> dict:
-    """The training record of the model: a model folder's training.json, else the default model's."""
-    folder = Path(model_spec) if model_spec and Path(model_spec).is_dir() else DEFAULT_MODEL_DIR
-    record = folder / "training.json"
-    if not record.is_file():
-        raise UserError(f"coverage needs the model's training record {record} (a toyworld.train folder's); "
+    """The training record of the model (quality.training_record: the default's, or a model folder's)."""
+    record = training_record(model_spec)
+    if record is None or not record.is_file():
+        raise UserError(f"coverage needs the model's training record (a toyworld.train folder's training.json; "
+                        f"{'none for ' + repr(model_spec) if record is None else str(record) + ' is missing'}): "
                         "leave coverage out of --parts for other models")
     return json.loads(record.read_text())
 

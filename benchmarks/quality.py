@@ -58,7 +58,7 @@ from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
 from editing.core.image_io import image_grid, load_image, prepare_image, read_image, save_image
-from editing.core.model import DEFAULT_MODEL_DIR
+from editing.core.model import DEFAULT_MODEL_DIR, DEFAULT_NAMES
 from editing.core.loading import load_model
 from editing.inversion_cache import InversionCache
 from editing.methods import finished_summary, run_edit, same_edit
@@ -327,17 +327,21 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
     return summary, examples
 
 
-def model_provenance(model, spec: str | None) -> dict | None:
+def training_record(spec: str | None) -> Path | None:
+    """Where the toyworld.train record of the model `spec` names lies: the embedded default's for no spec
+    or a default name, a model folder's own training.json; None for any other model (it has none)."""
+    if spec is None or spec in DEFAULT_NAMES:
+        return DEFAULT_MODEL_DIR / "training.json"
+    return Path(spec) / "training.json" if Path(spec).is_dir() else None
+
+
+def model_provenance(spec: str | None) -> dict | None:
     """The training record of the model the figures come from: the embedded default's, or a toyworld.train
     folder's given as --model; None for other models."""
-    if model.name == "default":
-        record, shown = DEFAULT_MODEL_DIR / "training.json", "toyworld/model/training.json"
-    elif spec and Path(spec).is_dir():
-        record = shown = Path(spec) / "training.json"
-    else:
+    record = training_record(spec)
+    if record is None or not record.is_file():
         return None
-    if not record.is_file():
-        return None
+    shown = "toyworld/model/training.json" if record == DEFAULT_MODEL_DIR / "training.json" else record
     training = json.loads(record.read_text())
     return {"training_record": str(shown), "command": training.get("command"),
             "steps": training.get("steps"), "attribute_accuracy": training.get("attribute_accuracy"),
@@ -395,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     apply_speed(model, speed_options(args))
     out = Path(args.out)
-    header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(model, args.model),
+    header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(args.model),
               "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance,
               "inner_steps": args.inner_steps, "device": str(model.device), "dtype": args.dtype,
               "speed": speed_summary(model),

@@ -35,11 +35,12 @@ def test_coverage_redraws_the_recipe_s_scenes():
     assert 100 < turned["rotated_shapes"] < 400 and "turned with probability 0.5" in turned["note"]
 
 
-def test_the_recipe_is_the_model_folder_s_else_the_default_s(tmp_path):
-    assert "config" in training_recipe(None)  # the committed model's record
+def test_the_recipe_is_the_model_folder_s_or_the_default_s(tmp_path):
+    assert "config" in training_recipe(None) and training_recipe("default") == training_recipe(None)
     (tmp_path / "training.json").write_text(json.dumps({"config": {"seed": 5}}))
     assert training_recipe(str(tmp_path)) == {"config": {"seed": 5}}
-    assert training_recipe(str(tmp_path / "missing")) == training_recipe(None)  # a spec, not a folder
+    with pytest.raises(UserError, match="none for 'sd15-random'"):
+        training_recipe("sd15-random")  # another model: never the default's record
     with pytest.raises(UserError, match="training record"):
         training_recipe(str(tmp_path.parent))  # a folder without a record
 

@@ -425,3 +425,14 @@ def test_shards_split_the_scenes_and_an_unsharded_run_scores_what_they_finished(
         assert run_main(main, base + ["--out", str(tmp_path / "bad"), "--shard", bad]) == 2
         assert "--shard" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_training_record_is_the_default_s_a_folder_s_or_none(tmp_path):
+    from benchmarks.quality import model_provenance, training_record
+    from editing.core.model import DEFAULT_MODEL_DIR
+
+    assert training_record(None) == training_record("toyworld") == DEFAULT_MODEL_DIR / "training.json"
+    assert training_record("sd15-random") is None and model_provenance("sd15-random") is None
+    (tmp_path / "training.json").write_text(json.dumps({"command": "python -m toyworld.train --seed 5"}))
+    assert model_provenance(str(tmp_path))["command"] == "python -m toyworld.train --seed 5"
+    assert model_provenance(str(tmp_path / "missing")) is None  # neither a folder nor a name: no record
