@@ -51,7 +51,8 @@ EXAMPLE_SCENES = 6  # rows of attention.png
 def build_parser() -> Parser:
     p = Parser(prog="python -m benchmarks.editability", description=__doc__,
                formatter_class=lambda prog: __import__("argparse").RawDescriptionHelpFormatter(prog, width=100))
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure (default all)")
+    p.add_argument("--parts", nargs="+", default=None, choices=PARTS,
+                   help="what to measure (default all; coverage only for a model with a training record)")
     p.add_argument("--n", type=int, default=20, help="benchmark scenes for vae and attention (default 20)")
     add_scene_options(p)
     p.add_argument("--model", default=None, help="model spec (default: the embedded default model)")
@@ -200,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python -m benchmarks.editability " + " ".join(argv), "scenes": args.n,
               "scene_set": scenes_name(args)}
     pairs = benchmark_scenes(args, model.resolution)
-    if "coverage" in args.parts:
+    parts = args.parts
+    if parts is None:  # coverage needs the training record only a toyworld.train model has
+        record = training_record(args.model)
+        parts = [p for p in PARTS if p != "coverage" or (record is not None and record.is_file())]
+    if "coverage" in parts:
         recipe = training_recipe(args.model)
         report["coverage"] = coverage(recipe)
         report["caption_dropout"] = recipe["config"].get("caption_dropout")
-    if "vae" in args.parts:
+    if "vae" in parts:
         report["vae"] = vae_round_trip(model, pairs)
-    if "attention" in args.parts:
+    if "attention" in parts:
         report["attention"], pictures = attention_shares(model, pairs, args.steps, args.guidance, args.quiet)
         captions = ["scene", "colour word", "shape word", "background word"] * (len(pictures) // 4)
         save_image(out / "attention.png", image_grid(pictures, captions, cols=4))

@@ -23,6 +23,8 @@ def test_runs_on_a_tiny_model_and_writes_its_files(tmp_path):
         assert 0.0 < row["shape_area"] < 1.0
     assert len(report["vae"]["per_scene"]) == 2 and (tmp_path / "attention.png").stat().st_size > 0
     assert "Where the words attend" in (tmp_path / "editability.md").read_text()
+    assert "coverage" not in report  # no training record: never the default model's
+    assert run_main(main, ["--model", "tiny-random", "--parts", "coverage", "--out", str(tmp_path)]) == 2
 
 
 def test_coverage_redraws_the_recipe_s_scenes():
