@@ -351,7 +351,8 @@ def model_provenance(spec: str | None) -> dict | None:
 def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] | None) -> str:
     lines = ["# Quality benchmark", "",
              f"model `{header['model']}` ({header['fingerprint']}), {header['steps']} steps, guidance "
-             f"{header['guidance']}, NTI inner steps {header['inner_steps']}, device {header['device']}, "
+             f"{header['guidance']}, NTI inner steps {header['inner_steps']}, P2P cross / self replace "
+             f"{header['p2p']['cross_replace']} / {header['p2p']['self_replace']}, device {header['device']}, "
              f"{header['date']}"]
     if header.get("training"):
         t = header["training"]
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {"model": model.name, "fingerprint": model.fingerprint, "training": model_provenance(args.model),
               "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance,
               "inner_steps": args.inner_steps, "device": str(model.device), "dtype": args.dtype,
+              "p2p": {"cross_replace": args.cross_replace, "self_replace": args.self_replace},
               "speed": speed_summary(model),
               "date": time.strftime("%Y-%m-%d"), "command": "python -m benchmarks.quality " + " ".join(argv)}
     report, reconstruction, edits = dict(header), None, None
