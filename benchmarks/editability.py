@@ -102,11 +102,15 @@ def vae_round_trip(model, pairs: list[dict]) -> dict:
     by_colour: dict[str, list[bool]] = {}
     rows = []
     for pair, image in zip(pairs, back):
-        right = all(check(image, pair["scene"]).values())
+        hits = check(image, pair["scene"])
+        right = all(hits.values())
         by_colour.setdefault(pair["scene"].main.colour, []).append(right)
-        rows.append({"psnr_db": psnr(image, pair["image"]), "read_right": right})
+        rows.append({"psnr_db": psnr(image, pair["image"]), "read_right": right, **hits})
     return {"psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
             "read_right": float(np.mean([r["read_right"] for r in rows])),
+            # which attribute the round trip loses (a colour's row alone cannot say: a blue triangle read as
+            # a square counts against blue)
+            "read_right_by_attribute": {a: float(np.mean([r[a] for r in rows])) for a in ("background", "colour", "shape")},
             "read_right_by_colour": {c: float(np.mean(v)) for c, v in sorted(by_colour.items())},
             "per_scene": rows}
 
@@ -175,9 +179,10 @@ def markdown(report: dict) -> str:
     if "vae" in report:
         v = report["vae"]
         colours = ", ".join(f"{c} {r:.2f}" for c, r in v["read_right_by_colour"].items())
+        attributes = ", ".join(f"{a} {r:.2f}" for a, r in v["read_right_by_attribute"].items())
         lines += ["", "## The autoencoder's round trip", "",
                   f"PSNR {v['psnr_db']:.2f} dB; the checker reads every attribute right on {v['read_right']:.2f} "
-                  f"of the round trips (per colour of the main shape: {colours})."]
+                  f"of the round trips (per attribute: {attributes}; per colour of the main shape: {colours})."]
     if "attention" in report:
         a = report["attention"]
         lines += ["", f"## Where the words attend ({a['map_side']} x {a['map_side']} maps, averaged over layers "

@@ -22,6 +22,9 @@ def test_runs_on_a_tiny_model_and_writes_its_files(tmp_path):
             assert 0.0 <= row[role] <= 1.0
         assert 0.0 < row["shape_area"] < 1.0
     assert len(report["vae"]["per_scene"]) == 2 and (tmp_path / "attention.png").stat().st_size > 0
+    by_attribute = report["vae"]["read_right_by_attribute"]
+    assert set(by_attribute) == {"background", "colour", "shape"}
+    assert min(by_attribute.values()) >= report["vae"]["read_right"]  # each attribute at least as often as all three
     assert "Where the words attend" in (tmp_path / "editability.md").read_text()
     assert "coverage" not in report  # no training record: never the default model's
     assert run_main(main, ["--model", "tiny-random", "--parts", "coverage", "--out", str(tmp_path)]) == 2
