@@ -68,10 +68,9 @@ def build_parser() -> Parser:
 def training_recipe(model_spec: str | None) -> dict:
     """The training record of the model (quality.training_record: the default's, or a model folder's)."""
     record = training_record(model_spec)
-    if record is None or not record.is_file():
+    if record is None:
         raise UserError(f"coverage needs the model's training record (a toyworld.train folder's training.json; "
-                        f"{'none for ' + repr(model_spec) if record is None else str(record) + ' is missing'}): "
-                        "leave coverage out of --parts for other models")
+                        f"none for {model_spec!r}): leave coverage out of --parts for other models")
     return json.loads(record.read_text())
 
 
@@ -208,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = benchmark_scenes(args, model.resolution)
     parts = args.parts
     if parts is None:  # coverage needs the training record only a toyworld.train model has
-        record = training_record(args.model)
-        parts = [p for p in PARTS if p != "coverage" or (record is not None and record.is_file())]
+        parts = [p for p in PARTS if p != "coverage" or training_record(args.model) is not None]
     if "coverage" in parts:
         recipe = training_recipe(args.model)
         report["coverage"] = coverage(recipe)

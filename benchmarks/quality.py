@@ -328,18 +328,22 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
 
 
 def training_record(spec: str | None) -> Path | None:
-    """Where the toyworld.train record of the model `spec` names lies: the embedded default's for no spec
-    or a default name, a model folder's own training.json; None for any other model (it has none)."""
+    """The toyworld.train record of the model `spec` names: the embedded default's for no spec or a default
+    name, a model folder's own training.json; None when there is none (any other model)."""
     if spec is None or spec in DEFAULT_NAMES:
-        return DEFAULT_MODEL_DIR / "training.json"
-    return Path(spec) / "training.json" if Path(spec).is_dir() else None
+        record = DEFAULT_MODEL_DIR / "training.json"
+    elif Path(spec).is_dir():
+        record = Path(spec) / "training.json"
+    else:
+        return None
+    return record if record.is_file() else None
 
 
 def model_provenance(spec: str | None) -> dict | None:
     """The training record of the model the figures come from: the embedded default's, or a toyworld.train
     folder's given as --model; None for other models."""
     record = training_record(spec)
-    if record is None or not record.is_file():
+    if record is None:
         return None
     shown = "toyworld/model/training.json" if record == DEFAULT_MODEL_DIR / "training.json" else record
     training = json.loads(record.read_text())
