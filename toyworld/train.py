@@ -50,6 +50,7 @@ from editing.core.loading import load_model
 from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 from editing.core.metrics import psnr, psnr_from_mse
 from toyworld.checker import accuracy
+from toyworld.attention_loss import localisation_loss, recorded_forward, scene_regions, token_regions
 from toyworld.checkpoint import DEFAULT_EVERY, UNetCheckpoint
 from toyworld.world import iter_dataset, random_scene, caption
 
@@ -92,6 +93,8 @@ class Config:
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     caption_dropout: float = 0.1
+    # weight of the cross-attention localisation loss (toyworld/attention_loss.py; 0: none, runs 1-4)
+    attention_loss: float = 0.0
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -256,9 +259,11 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool,
-               checkpoint: UNetCheckpoint | None = None, vae=None) -> dict:
+               checkpoint: UNetCheckpoint | None = None, vae=None,
+               where: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """cfg.unet_steps steps; with a checkpoint, its state is saved every checkpoint.every steps (with the
-    frozen vae) and, when one exists, training goes on from its step."""
+    frozen vae) and, when one exists, training goes on from its step. where: each scene's token regions
+    (N, L) and region maps (N, R, 16, 16), for the localisation loss (cfg.attention_loss > 0)."""
     from diffusers.training_utils import compute_snr
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -271,10 +276,10 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     text_encoder.train()
     T = len(alphas_cumprod)
     networks = {"unet": unet, "text_encoder": text_encoder}
-    start, smooth = 0, None
+    start, smooth, smooth_attention = 0, None, None
     if checkpoint is not None and checkpoint.exists():
         state = checkpoint.restore(networks, opt, sched, ema, gen)
-        start, smooth = state["step"], state["smooth"]
+        start, smooth, smooth_attention = state["step"], state["smooth"], state.get("smooth_attention")
         print(f"unet: continuing from the checkpoint at step {start} ({checkpoint.folder})", flush=True)
     bar = tqdm(range(start, cfg.unet_steps), initial=start, total=cfg.unet_steps, desc="unet", disable=disable,
                **_bar())
@@ -291,11 +296,20 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
         cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
-        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        if cfg.attention_loss > 0:
+            pred, maps = recorded_forward(unet, zt, t, cond)
+            attention = localisation_loss(maps, where[0][idx].long().to(device), where[1][idx].to(device),
+                                          ~drop.to(device))
+        else:
+            pred = unet(zt, t, encoder_hidden_states=cond).sample
         snr = compute_snr(noise_scheduler, t)
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
+        if cfg.attention_loss > 0:
+            loss = loss + cfg.attention_loss * attention
+            value = attention.item()
+            smooth_attention = value if smooth_attention is None else 0.98 * smooth_attention + 0.02 * value
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -304,13 +318,16 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         ema.step(params)
         raw = per_sample.mean().item()
         smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
-        bar.set_postfix(mse=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
+        shown = {"mse": f"{smooth:.4f}", **({"where": f"{smooth_attention:.3f}"} if smooth_attention is not None else {})}
+        bar.set_postfix(**shown, lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
         if checkpoint is not None and checkpoint.due(step + 1, cfg.unet_steps):
-            checkpoint.save(step + 1, vae, networks, opt, sched, ema, gen, {"smooth": smooth})
+            checkpoint.save(step + 1, vae, networks, opt, sched, ema, gen,
+                            {"smooth": smooth, "smooth_attention": smooth_attention})
     ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
-    return {"eps_mse": smooth, "resumed_at_step": start}
+    return {"eps_mse": smooth, "resumed_at_step": start,
+            **({"attention_loss": smooth_attention} if cfg.attention_loss > 0 else {})}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,6 +456,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                    help="share of shapes turned by a random angle (default %(default)s: upright only)")
     p.add_argument("--caption-dropout", type=float, default=d.caption_dropout,
                    help="share of UNet steps on the empty prompt, the null branch of guidance (default %(default)s)")
+    p.add_argument("--attention-loss", type=float, default=d.attention_loss, metavar="WEIGHT",
+                   help="weight of the cross-attention localisation loss: each colour and shape word attends to "
+                        "its shape, the background words to the rest (toyworld/attention_loss.py; default "
+                        "%(default)s: none)")
     p.add_argument("--device", default=d.device,
                    help="cpu (default; bit-reproducible for the same --threads) or cuda: the training steps "
                         "run there, every random draw stays on the CPU")
@@ -458,13 +479,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     for name in ("two_shapes_prob", "turned_prob", "caption_dropout"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
+    if not 0.0 <= a.attention_loss < float("inf"):  # also refuses nan
+        p.error(f"--attention-loss must be a finite weight >= 0, got {a.attention_loss}")
     if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
         p.error(f"--device {a.device}: " + ("no CUDA device is visible here; train with --device cpu"
                                             if a.device.startswith("cuda") else "choose cpu or cuda"))
     cfg = Config(seed=a.seed, threads=a.threads, n_train=a.n_train, vae_steps=a.vae_steps, vae_batch=a.vae_batch,
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
-                 device=a.device)
+                 attention_loss=a.attention_loss, device=a.device)
     if a.init_from is not None:
         if not (Path(a.init_from) / "unet").is_dir():
             p.error(f"--init-from {a.init_from}: not a saved model folder (no unet/)")
@@ -586,9 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     ids = tokenize(tokenizer, train.captions)  # stays on the CPU: rows are picked by the CPU generator
     empty_ids = tokenize(tokenizer, [EMPTY_PROMPT])[0]
+    where = None
+    if cfg.attention_loss > 0:  # where each caption's words are: token regions and region maps per scene
+        where = (torch.from_numpy(np.stack([token_regions(s, tokenizer) for s in train.scenes])),
+                 torch.from_numpy(np.stack([scene_regions(s) for s in train.scenes])))
     del train
     unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable,
-                            checkpoint, vae)
+                            checkpoint, vae, where)
     times["unet"] = time.perf_counter() - t
 
     # 5. save, reload, score, publish
