@@ -10,6 +10,11 @@ retraining (issue: a default model that edits as well as it draws).
   stored: the share of the colour and shape words' cross-attention that falls on the shape (against the
   shape's share of the image, what uniform attention would give), and the background word's share off it.
   Words that attend where their attribute is are what Prompt-to-Prompt's replace needs;
+- identity: a Prompt-to-Prompt replace "edit" of each scene to its own caption (`--identity-inversion`,
+  default direct): how far the edit branch moves the shape when no word changes. A DirectInversion record
+  holds only the source branch on the inversion trajectory, so the edit branch drifts as a guided DDIM
+  sample of an inverted latent does; a move here is one no word caused, and caps the benchmark's "layout
+  kept" (with null-text inversion the edit branch is the source branch, exactly);
 - caption dropout: the share of training steps that saw the empty prompt (the null branch every edit's
   guidance leans on), from the recipe.
 
@@ -30,9 +35,9 @@ import cv2
 import numpy as np
 import torch
 
-from attention.controllers import AttentionStore
+from attention.controllers import AttentionStore, P2PConfig
 from attention.heatmaps import overlay
-from benchmarks.quality import add_scene_options, benchmark_scenes, scenes_name, training_record
+from benchmarks.quality import LAYOUT_TOLERANCE_PX, add_scene_options, benchmark_scenes, scenes_name, training_record
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import atomic_write, write_json
@@ -40,11 +45,13 @@ from editing.core.image_io import image_grid, save_image
 from editing.core.loading import load_model
 from editing.core.metrics import psnr
 from editing.core.sampling import sample
+from editing.p2p import edit_p2p
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, InversionConfig, invert, source_conditioning
-from toyworld.checker import check
+from inversion.record import METHODS as INVERSIONS
+from toyworld.checker import check, read_scene
 from toyworld.world import BACKGROUNDS, COLOURS, SHAPES, random_scene, shape_coverage
 
-PARTS = ("coverage", "vae", "attention")
+PARTS = ("coverage", "vae", "attention", "identity")
 EXAMPLE_SCENES = 6  # rows of attention.png
 
 
@@ -56,6 +63,8 @@ def build_parser() -> Parser:
     p.add_argument("--n", type=int, default=20, help="benchmark scenes for vae and attention (default 20)")
     add_scene_options(p)
     p.add_argument("--model", default=None, help="model spec (default: the embedded default model)")
+    p.add_argument("--identity-inversion", default="direct", choices=INVERSIONS,
+                   help="the inversion of the identity part (default direct)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--device", default="auto")
@@ -162,6 +171,38 @@ def attention_shares(model, pairs: list[dict], steps: int, guidance: float, disa
     return summary, pictures
 
 
+def shift_px(image: np.ndarray, reference: dict) -> float | None:
+    """How far the checker reads the image's main shape from the reference reading (None: no shape read)."""
+    shapes = read_scene(image)["shapes"]
+    return None if not shapes else float(np.hypot(shapes[0]["x"] - reference["x"], shapes[0]["y"] - reference["y"]))
+
+
+def identity_edits(model, pairs: list[dict], steps: int, guidance: float, inversion: str, disable: bool) -> dict:
+    """P2P replace (the benchmark's windows) from each scene's caption to itself: the edit branch's and the
+    reconstruction's shift from the source, as the quality suite measures a layout."""
+    images = np.stack([p["image"] for p in pairs])
+    records = invert(model, images, [p["caption"] for p in pairs],
+                     InversionConfig(method=inversion, steps=steps, guidance=guidance), disable=disable)
+    rows = []
+    for pair, record in zip(pairs, records):
+        result = edit_p2p(model, record, [record.prompt], P2PConfig(edit="replace"), disable=True)
+        source = read_scene(pair["image"])["shapes"][0]
+        rows.append({"edit_shift_px": shift_px(result.edits[0], source),
+                     "reconstruction_shift_px": shift_px(result.reconstruction, source),
+                     "edit_psnr_vs_reconstruction_db": psnr(result.edits[0], result.reconstruction)})
+
+    def kept(key: str) -> float:
+        return float(np.mean([r[key] is not None and r[key] <= LAYOUT_TOLERANCE_PX for r in rows]))
+
+    shifts = [r["edit_shift_px"] for r in rows if r["edit_shift_px"] is not None]
+    return {"inversion": inversion, "tolerance_px": LAYOUT_TOLERANCE_PX,
+            "edit_layout_kept": kept("edit_shift_px"), "reconstruction_layout_kept": kept("reconstruction_shift_px"),
+            "edit_shift_px_median": float(np.median(shifts)) if shifts else None,
+            "edit_shift_px_max": float(np.max(shifts)) if shifts else None,
+            "edit_psnr_vs_reconstruction_db": float(np.mean([r["edit_psnr_vs_reconstruction_db"] for r in rows])),
+            "per_scene": rows}
+
+
 def markdown(report: dict) -> str:
     lines = ["# Editability of the model", "", f"model `{report['model']}` ({report['fingerprint']}), {report['date']}"]
     if "coverage" in report:
@@ -191,6 +232,13 @@ def markdown(report: dict) -> str:
                   f"| colour word | {a['colour']:.3f} (on the shape) | {a['shape_area']:.3f} |",
                   f"| shape word | {a['shape']:.3f} (on the shape) | {a['shape_area']:.3f} |",
                   f"| background word | {a['background']:.3f} (off the shape) | {1 - a['shape_area']:.3f} |"]
+    if "identity" in report:
+        i = report["identity"]
+        lines += ["", f"## An edit that changes no word ({i['inversion']} + P2P replace, the caption to itself)", "",
+                  f"Layout kept (within {i['tolerance_px']:g} px): edit branch {i['edit_layout_kept']:.2f}, "
+                  f"reconstruction {i['reconstruction_layout_kept']:.2f}; the edit branch's shift median "
+                  f"{i['edit_shift_px_median']:.1f} px, at most {i['edit_shift_px_max']:.1f} px; edit against "
+                  f"reconstruction {i['edit_psnr_vs_reconstruction_db']:.2f} dB."]
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         report["attention"], pictures = attention_shares(model, pairs, args.steps, args.guidance, args.quiet)
         captions = ["scene", "colour word", "shape word", "background word"] * (len(pictures) // 4)
         save_image(out / "attention.png", image_grid(pictures, captions, cols=4))
+    if "identity" in parts:
+        report["identity"] = identity_edits(model, pairs, args.steps, args.guidance, args.identity_inversion,
+                                            args.quiet)
     write_json(out / "editability.json", report)
     text = markdown(report)
     atomic_write(out / "editability.md", text)

@@ -26,6 +26,7 @@ def test_runs_on_a_tiny_model_and_writes_its_files(tmp_path):
     assert set(by_attribute) == {"background", "colour", "shape"}
     assert min(by_attribute.values()) >= report["vae"]["read_right"]  # each attribute at least as often as all three
     assert "Where the words attend" in (tmp_path / "editability.md").read_text()
+    assert len(report["identity"]["per_scene"]) == 2  # every part by default
     assert "coverage" not in report  # no training record: never the default model's
     assert run_main(main, ["--model", "tiny-random", "--parts", "coverage", "--out", str(tmp_path)]) == 2
 
@@ -56,3 +57,20 @@ def test_word_position_finds_the_word_after_the_start_token():
     assert [word_position(tokenizer, prompt, w) for w in ("red", "circle", "gray")] == [2, 3, 6]
     with pytest.raises(ValueError):
         word_position(tokenizer, prompt, "blue")
+
+
+def test_an_edit_to_its_own_caption_is_the_reconstruction_under_null_text_and_drifts_under_direct(tmp_path):
+    """The identity part: with null-text inversion the edit branch of a no-word-changed edit is the source
+    branch, exactly; with DirectInversion only the source branch is held, so the edit branch differs."""
+    common = ["--parts", "identity", "--n", "3", "--steps", "10", "--quiet"]
+    assert run_main(main, common + ["--identity-inversion", "null-text", "--out", str(tmp_path / "nti")]) == 0
+    nti = json.loads((tmp_path / "nti" / "editability.json").read_text())["identity"]
+    assert nti["inversion"] == "null-text" and len(nti["per_scene"]) == 3
+    assert all(r["edit_psnr_vs_reconstruction_db"] >= 99 for r in nti["per_scene"])  # the same image
+    assert all(r["edit_shift_px"] == r["reconstruction_shift_px"] for r in nti["per_scene"])
+    assert run_main(main, common + ["--out", str(tmp_path / "direct")]) == 0
+    direct = json.loads((tmp_path / "direct" / "editability.json").read_text())["identity"]
+    assert direct["inversion"] == "direct" and direct["reconstruction_layout_kept"] == 1.0  # held on the trajectory
+    assert all(r["edit_psnr_vs_reconstruction_db"] < 60 for r in direct["per_scene"])  # the edit branch runs free
+    assert 0.0 <= direct["edit_layout_kept"] <= 1.0 and direct["edit_shift_px_max"] >= direct["edit_shift_px_median"]
+    assert "An edit that changes no word (direct" in (tmp_path / "direct" / "editability.md").read_text()
