@@ -52,7 +52,8 @@ from editing.core.metrics import psnr, psnr_from_mse
 from toyworld.checker import accuracy
 from toyworld.attention_loss import localisation_loss, recorded_forward, scene_regions, token_regions
 from toyworld.checkpoint import DEFAULT_EVERY, UNetCheckpoint
-from toyworld.world import iter_dataset, random_scene, caption
+from toyworld.edit_pairs import pair_rows, pair_target, twin_scenes
+from toyworld.world import caption, iter_dataset, random_scene, render
 
 MAX_FOLDER_MB = 30.0  # the default model lives in the repo: keep it small
 EMPTY_PROMPT = ""  # caption dropout target; also the negative prompt of classifier-free guidance
@@ -95,6 +96,8 @@ class Config:
     caption_dropout: float = 0.1
     # weight of the cross-attention localisation loss (toyworld/attention_loss.py; 0: none, runs 1-4)
     attention_loss: float = 0.0
+    # share of each batch's rows that are edit pairs (toyworld/edit_pairs.py; 0: none, runs 1-4)
+    edit_pairs: float = 0.0
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -260,10 +263,13 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool,
                checkpoint: UNetCheckpoint | None = None, vae=None,
-               where: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+               where: tuple[torch.Tensor, torch.Tensor] | None = None,
+               twins: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """cfg.unet_steps steps; with a checkpoint, its state is saved every checkpoint.every steps (with the
     frozen vae) and, when one exists, training goes on from its step. where: each scene's token regions
-    (N, L) and region maps (N, R, 16, 16), for the localisation loss (cfg.attention_loss > 0)."""
+    (N, L) and region maps (N, R, 16, 16), for the localisation loss (cfg.attention_loss > 0). twins: each
+    scene's edited twin as scaled latents (N, 4, 16, 16) and caption ids (N, 77), for the edit pairs
+    (cfg.edit_pairs > 0). The reported eps_mse is over the plain rows."""
     from diffusers.training_utils import compute_snr
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -289,6 +295,11 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         z0 = latents[idx.to(device)]  # (B, 4, 16, 16), scaled
         tok = ids[idx].clone()  # (B, 77)
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+        paired = torch.zeros(cfg.unet_batch, dtype=torch.bool)
+        if twins is not None:
+            paired = pair_rows(cfg.unet_batch, cfg.edit_pairs, gen)
+            drop &= ~paired
+            tok[paired] = twins[1][idx[paired]]
         tok[drop] = empty_ids
         tok = tok.to(device)
         t = torch.randint(T, (cfg.unet_batch,), generator=gen).to(device)
@@ -299,12 +310,16 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         if cfg.attention_loss > 0:
             pred, maps = recorded_forward(unet, zt, t, cond)
             attention = localisation_loss(maps, where[0][idx].long().to(device), where[1][idx].to(device),
-                                          ~drop.to(device))
+                                          (~drop & ~paired).to(device))  # a twin's caption has other words
         else:
             pred = unet(zt, t, encoder_hidden_states=cond).sample
         snr = compute_snr(noise_scheduler, t)
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
-        per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
+        target = eps
+        if paired.any():
+            target = torch.where(paired.to(device).view(-1, 1, 1, 1),
+                                 pair_target(eps, z0, twins[0][idx.to(device)], ab), eps)
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
         if cfg.attention_loss > 0:
             loss = loss + cfg.attention_loss * attention
@@ -316,7 +331,8 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         opt.step()
         sched.step()
         ema.step(params)
-        raw = per_sample.mean().item()
+        plain = ~paired.to(device)
+        raw = (per_sample[plain] if plain.any() else per_sample).mean().item()
         smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
         shown = {"mse": f"{smooth:.4f}", **({"where": f"{smooth_attention:.3f}"} if smooth_attention is not None else {})}
         bar.set_postfix(**shown, lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
@@ -460,6 +476,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                    help="weight of the cross-attention localisation loss: each colour and shape word attends to "
                         "its shape, the background words to the rest (toyworld/attention_loss.py; default "
                         "%(default)s: none)")
+    p.add_argument("--edit-pairs", type=float, default=d.edit_pairs, metavar="FRACTION",
+                   help="share of each batch's rows that are edit pairs: a scene's noisy latent under its edited "
+                        "twin's caption, asked for the twin (toyworld/edit_pairs.py; default %(default)s: none)")
     p.add_argument("--device", default=d.device,
                    help="cpu (default; bit-reproducible for the same --threads) or cuda: the training steps "
                         "run there, every random draw stays on the CPU")
@@ -476,7 +495,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                  "checkpoint_every"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("two_shapes_prob", "turned_prob", "caption_dropout"):
+    for name in ("two_shapes_prob", "turned_prob", "caption_dropout", "edit_pairs"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
     if not 0.0 <= a.attention_loss < float("inf"):  # also refuses nan
@@ -487,7 +506,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     cfg = Config(seed=a.seed, threads=a.threads, n_train=a.n_train, vae_steps=a.vae_steps, vae_batch=a.vae_batch,
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
-                 attention_loss=a.attention_loss, device=a.device)
+                 attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, device=a.device)
     if a.init_from is not None:
         if not (Path(a.init_from) / "unet").is_dir():
             p.error(f"--init-from {a.init_from}: not a saved model folder (no unet/)")
@@ -613,9 +632,17 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.attention_loss > 0:  # where each caption's words are: token regions and region maps per scene
         where = (torch.from_numpy(np.stack([token_regions(s, tokenizer) for s in train.scenes])),
                  torch.from_numpy(np.stack([scene_regions(s) for s in train.scenes])))
+    twins = None
+    if cfg.edit_pairs > 0:  # each training scene's edited twin: its latents (scaled like the scenes') and caption
+        twin = twin_scenes(train.scenes, cfg.seed)
+        images = np.stack([render(s, 64) for s in tqdm(twin, desc="render twins", disable=disable, **_bar())])
+        with torch.no_grad():
+            twin_latents = encode_latents(vae, images, disable=disable) * scaling
+        twins = (twin_latents, tokenize(tokenizer, [caption(s) for s in twin]))
+        del images
     del train
     unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable,
-                            checkpoint, vae, where)
+                            checkpoint, vae, where, twins)
     times["unet"] = time.perf_counter() - t
 
     # 5. save, reload, score, publish
