@@ -41,3 +41,21 @@ def assert_peak_memory_is_plausible(peak_mb: float, model) -> None:
     high = lifetime / 2 ** 20 if sys.platform == "darwin" else lifetime / 2 ** 10
     low = weights_mb(model.unet, model.vae, model.text_encoder)
     assert np.isfinite(peak_mb) and low <= peak_mb <= high + 1.0, (low, peak_mb, high)
+
+
+def check_training_option(out_dir, capsys, flag: str, field: str, good: float, bad: tuple[str, ...]) -> None:
+    """A float option of toyworld.train: off (0.0) by default, so earlier runs' recipes stay as they were;
+    a given value lands in the config and in training.json; each of `bad` is refused by argparse with the
+    flag named in its message."""
+    import pytest
+
+    from toyworld import train
+
+    out = ["--out", str(out_dir / "o")]
+    assert getattr(train.parse_args(out)[1], field) == 0.0
+    _, cfg = train.parse_args(out + [flag, str(good)])
+    assert getattr(cfg, field) == good and cfg.to_json()[field] == good
+    for value in bad:
+        with pytest.raises(SystemExit):
+            train.parse_args(out + [flag, value])
+        assert flag in capsys.readouterr().err

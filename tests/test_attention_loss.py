@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import check_training_option
 from toyworld import attention_loss as al
 from toyworld.world import BACKGROUNDS, Scene, Shape, caption, iter_dataset, shape_coverage
 
@@ -156,13 +157,4 @@ def test_training_with_the_loss_moves_attention_into_its_regions(tokenizer):
 
 
 def test_the_attention_loss_option(tmp_path, capsys):
-    from toyworld import train
-
-    out = ["--out", str(tmp_path / "o")]
-    assert train.parse_args(out)[1].attention_loss == 0.0  # runs 1-4: no localisation loss
-    _, cfg = train.parse_args(out + ["--attention-loss", "0.05"])
-    assert cfg.attention_loss == 0.05 and cfg.to_json()["attention_loss"] == 0.05  # recorded in training.json
-    for bad in ("-1", "nan", "inf"):
-        with pytest.raises(SystemExit):
-            train.parse_args(out + ["--attention-loss", bad])
-        assert "--attention-loss" in capsys.readouterr().err
+    check_training_option(tmp_path, capsys, "--attention-loss", "attention_loss", 0.05, ("-1", "nan", "inf"))

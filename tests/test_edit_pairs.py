@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import check_training_option
 from toyworld import edit_pairs as ep
 from toyworld.world import caption, iter_dataset
 
@@ -95,13 +96,4 @@ def test_training_on_pairs_teaches_the_twin(tokenizer):
 
 
 def test_the_edit_pairs_option(tmp_path, capsys):
-    from toyworld import train
-
-    out = ["--out", str(tmp_path / "o")]
-    assert train.parse_args(out)[1].edit_pairs == 0.0  # runs 1-4: no edit pairs
-    _, cfg = train.parse_args(out + ["--edit-pairs", "0.25"])
-    assert cfg.edit_pairs == 0.25 and cfg.to_json()["edit_pairs"] == 0.25  # recorded in training.json
-    for bad in ("-0.1", "1.5", "nan"):
-        with pytest.raises(SystemExit):
-            train.parse_args(out + ["--edit-pairs", bad])
-        assert "--edit-pairs" in capsys.readouterr().err
+    check_training_option(tmp_path, capsys, "--edit-pairs", "edit_pairs", 0.25, ("-0.1", "1.5", "nan"))

@@ -48,9 +48,9 @@ class UNetCheckpoint:
         """Save after `step` steps? (not after the last one: the model itself is saved then)"""
         return step % self.every == 0 and step < total
 
-    def files(self) -> Path:
-        """The folder of the tensors state.json names."""
-        return self.folder / self.state()["files"]
+    def files(self, state: dict) -> Path:
+        """The folder of the tensors `state` (state.json, as read) names."""
+        return self.folder / state["files"]
 
     def save(self, step: int, vae, networks: dict, optimiser, schedule, ema, generator, extra: dict) -> None:
         files = f"step-{step:06d}"
@@ -91,13 +91,14 @@ class UNetCheckpoint:
     def load_vae(self, vae) -> float:
         """The VAE weights the checkpoint was written with; returns its scaling factor."""
         state = self.state()
-        vae.load_state_dict(load_file(str(self.files() / "vae.safetensors")))
+        vae.load_state_dict(load_file(str(self.files(state) / "vae.safetensors")))
         return float(state["scaling_factor"])
 
     def restore(self, networks: dict, optimiser, schedule, ema, generator) -> dict:
         """Load everything back into the live objects (the same parameters the optimiser holds); returns
         state.json (its "step" is where to go on)."""
-        state, files = self.state(), self.files()
+        state = self.state()
+        files = self.files(state)
         for name, module in networks.items():
             module.load_state_dict(load_file(str(files / f"{name}.safetensors")))
         shadow = load_file(str(files / "ema.safetensors"))

@@ -316,8 +316,9 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         snr = compute_snr(noise_scheduler, t)
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         target = eps
+        plain = ~paired.to(device)
         if paired.any():
-            target = torch.where(paired.to(device).view(-1, 1, 1, 1),
+            target = torch.where(~plain.view(-1, 1, 1, 1),
                                  pair_target(eps, z0, twins[0][idx.to(device)], ab), eps)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
@@ -331,7 +332,6 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         opt.step()
         sched.step()
         ema.step(params)
-        plain = ~paired.to(device)
         raw = (per_sample[plain] if plain.any() else per_sample).mean().item()
         smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
         shown = {"mse": f"{smooth:.4f}", **({"where": f"{smooth_attention:.3f}"} if smooth_attention is not None else {})}
@@ -616,8 +616,10 @@ def main(argv: list[str] | None = None) -> int:
         rec = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     vae_psnr_fp32 = float(np.mean([psnr(x, y) for x, y in zip(held_vae.images, rec)]))
     std, mean = float(latents.std()), float(latents.mean())
-    scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)  # a continuation keeps it
-    scaling = saved_scaling if saved_scaling is not None else scaling
+    if saved_scaling is not None:  # a resumed run: the checkpoint's
+        scaling = saved_scaling
+    else:  # a continuation keeps its parent's
+        scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
     times["encode"] = time.perf_counter() - t
@@ -636,9 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.edit_pairs > 0:  # each training scene's edited twin: its latents (scaled like the scenes') and caption
         twin = twin_scenes(train.scenes, cfg.seed)
         images = np.stack([render(s, 64) for s in tqdm(twin, desc="render twins", disable=disable, **_bar())])
-        with torch.no_grad():
-            twin_latents = encode_latents(vae, images, disable=disable) * scaling
-        twins = (twin_latents, tokenize(tokenizer, [caption(s) for s in twin]))
+        twins = (encode_latents(vae, images, disable=disable) * scaling,
+                 tokenize(tokenizer, [caption(s) for s in twin]))
         del images
     del train
     unet_stats = train_unet(unet, text_encoder, latents, ids, empty_ids, ddim_scheduler(), cfg, gen, disable,
