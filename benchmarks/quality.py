@@ -31,7 +31,7 @@ Examples (the embedded default model):
       null-finetune --out out/quality-p2p
   python -m benchmarks.quality --parts edits --n 5 --steps 25 --methods learned-embedding imagic \\
       --run-args="--embed-steps 100 --unet-steps 100" --out out/quality-slow
-  for i in 1 2; do python -m benchmarks.quality --parts edits --methods null-finetune --shard $i/2 \
+  for i in 1 2; do python -m benchmarks.quality --parts edits --methods null-finetune --shard $i/2 \\
       --out out/q & done; wait; python -m benchmarks.quality --parts edits --methods null-finetune --out out/q
   python -m benchmarks.quality --parts reconstruction --images my-photos/ --out out/recon
   python -m benchmarks.quality pie --help        (the PIE-Bench runner)
