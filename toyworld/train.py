@@ -316,9 +316,10 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         snr = compute_snr(noise_scheduler, t)
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         target = eps
-        plain = ~paired.to(device)
+        paired_here = paired.to(device)
+        plain = ~paired_here
         if paired.any():
-            target = torch.where(~plain.view(-1, 1, 1, 1),
+            target = torch.where(paired_here.view(-1, 1, 1, 1),
                                  pair_target(eps, z0, twins[0][idx.to(device)], ab), eps)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     std, mean = float(latents.std()), float(latents.mean())
     if saved_scaling is not None:  # a resumed run: the checkpoint's
         scaling = saved_scaling
-    else:  # a continuation keeps its parent's
+    else:  # from scratch, 1 / std of the latents; a continuation keeps its parent's
         scaling = 1.0 / std if parent is None else float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
