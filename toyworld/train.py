@@ -53,6 +53,7 @@ from toyworld.checker import accuracy
 from toyworld.attention_loss import localisation_loss, recorded_forward, scene_regions, token_regions
 from toyworld.checkpoint import DEFAULT_EVERY, UNetCheckpoint
 from toyworld.edit_pairs import pair_rows, pair_target, twin_scenes
+from toyworld.local_words import localise_words
 from toyworld.world import caption, iter_dataset, random_scene, render
 
 MAX_FOLDER_MB = 30.0  # the default model lives in the repo: keep it small
@@ -98,8 +99,14 @@ class Config:
     attention_loss: float = 0.0
     # share of each batch's rows that are edit pairs (toyworld/edit_pairs.py; 0: none, runs 1-4)
     edit_pairs: float = 0.0
+    # the text encoder's self-attention off, so each token carries its own word only (toyworld/local_words.py;
+    # False: runs 1-4); a continuation of a model trained so keeps it
+    local_words: bool = False
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
+    # a continuation's EMA warms up as from scratch instead of starting at the parent's weights: for a run that
+    # changes what the parent computes (e.g. turns local_words on), whose old weights must not linger
+    fresh_ema: bool = False
     grad_clip: float = 1.0
     # evaluation
     eval_steps: int = 50
@@ -272,10 +279,10 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     (cfg.edit_pairs > 0). The reported eps_mse is over the plain rows."""
     from diffusers.training_utils import compute_snr
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.unet_lr)
     sched = warmup_cosine(opt, cfg.unet_steps, cfg.warmup_frac)
-    ema = make_ema(params, cfg.ema_decay, warmup=cfg.init_from is None)
+    ema = make_ema(params, cfg.ema_decay, warmup=cfg.init_from is None or cfg.fresh_ema)
     device = latents.device
     alphas_cumprod = noise_scheduler.alphas_cumprod.float().to(device)
     unet.train()
@@ -480,6 +487,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--edit-pairs", type=float, default=d.edit_pairs, metavar="FRACTION",
                    help="share of each batch's rows that are edit pairs: a scene's noisy latent under its edited "
                         "twin's caption, asked for the twin (toyworld/edit_pairs.py; default %(default)s: none)")
+    p.add_argument("--local-words", action="store_true",
+                   help="switch the text encoder's self-attention off (zero, frozen output projections): each "
+                        "token carries its own word only, so a changed word changes its own token alone "
+                        "(toyworld/local_words.py; a continuation of such a model keeps it)")
+    p.add_argument("--fresh-ema", action="store_true",
+                   help="with --init-from: warm the EMA up as from scratch instead of starting it at the parent's "
+                        "weights (for a continuation that changes what the parent computes, e.g. --local-words)")
     p.add_argument("--device", default=d.device,
                    help="cpu (default; bit-reproducible for the same --threads) or cuda: the training steps "
                         "run there, every random draw stays on the CPU")
@@ -507,7 +521,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     cfg = Config(seed=a.seed, threads=a.threads, n_train=a.n_train, vae_steps=a.vae_steps, vae_batch=a.vae_batch,
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
-                 attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, device=a.device)
+                 attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, local_words=a.local_words,
+                 fresh_ema=a.fresh_ema, device=a.device)
+    if a.fresh_ema and a.init_from is None:
+        p.error("--fresh-ema is for a continuation (--init-from); a run from scratch always warms its EMA up")
     if a.init_from is not None:
         if not (Path(a.init_from) / "unet").is_dir():
             p.error(f"--init-from {a.init_from}: not a saved model folder (no unet/)")
@@ -536,6 +553,7 @@ def load_parent(cfg: Config):
         if key in meta.get("config", {}):
             v = meta["config"][key]
             setattr(cfg, key, tuple(v) if isinstance(v, list) else v)
+    cfg.local_words = cfg.local_words or bool(meta.get("config", {}).get("local_words", False))
     steps = meta.get("steps", {})
     total = meta.get("total_steps", steps)  # a parent that was itself continued carries its total
     parent = {"folder": str(folder), "command": meta.get("command"), "steps": steps, "total_steps": total,
@@ -587,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         vae, text_encoder, unet, parent = load_parent(cfg)
         print(f"init from {cfg.init_from}: steps so far {parent['total_steps']}; "
               f"its accuracy {parent['attribute_accuracy']}", flush=True)
+    if cfg.local_words:
+        localise_words(text_encoder)
     # the UNet's sample stream; a continuation draws a fresh one (it starts after the parent's steps)
     start = (parent["total_steps"].get("unet", 0) if parent else 0)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + start)
