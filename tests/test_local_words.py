@@ -94,7 +94,7 @@ def test_a_fresh_ema_leaves_the_parents_weights_behind():
         train.train_unet(unet, text_encoder, torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)),
                          ids, train.tokenize(tokenizer, [""])[0], ddim_scheduler(), cfg,
                          torch.Generator().manual_seed(0), disable=True)
-        moved[fresh] = sum(float((p - q).abs().sum()) for p, q in zip(unet.parameters(), start))
+        moved[fresh] = sum(float((p.detach() - q).abs().sum()) for p, q in zip(unet.parameters(), start))
     # a plain continuation's EMA (decay 0.999 from the first step) keeps ~99.7 % of the starting weights after
     # 3 steps; a fresh one warms up from decay 0.1 and follows the training
     assert moved[True] > 50 * moved[False] > 0
