@@ -549,11 +549,12 @@ def load_parent(cfg: Config):
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
     meta_path = folder / "training.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    config = meta.get("config", {})
     for key in ARCH_KEYS:
-        if key in meta.get("config", {}):
-            v = meta["config"][key]
+        if key in config:
+            v = config[key]
             setattr(cfg, key, tuple(v) if isinstance(v, list) else v)
-    cfg.local_words = cfg.local_words or bool(meta.get("config", {}).get("local_words", False))
+    cfg.local_words = cfg.local_words or bool(config.get("local_words", False))
     steps = meta.get("steps", {})
     total = meta.get("total_steps", steps)  # a parent that was itself continued carries its total
     parent = {"folder": str(folder), "command": meta.get("command"), "steps": steps, "total_steps": total,
