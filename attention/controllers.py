@@ -121,7 +121,8 @@ class BlendConfig:
     threshold: float = 0.3  # the reference's th=(.3, .3) on the max-normalised word attention
     start: float = 0.2  # no blending in the first 20 % of the steps (the reference's start_blend)
     subtract_words: list[str] = field(default_factory=list)  # their region is removed from the mask
-    mask: torch.Tensor | None = None  # (h, w) in [0, 1] at latent size: a user mask instead of the words
+    # a mask instead of the words, in [0, 1] at latent size: (h, w) for every target, or (n_targets, h, w)
+    mask: torch.Tensor | None = None
     pool: int = 1  # max-pool radius that grows the mask a little (the reference's k = 1)
 
     def __post_init__(self):
@@ -132,6 +133,8 @@ class BlendConfig:
                 raise UserError(f"--blend-{name} must be between 0 and 1, got {getattr(self, name)!r}")
         if self.pool < 0:
             raise UserError(f"the local blend's pool radius must be 0 or more, got {self.pool!r}")
+        if self.mask is not None and self.mask.dim() not in (2, 3):
+            raise ValueError(f"a blend mask is (h, w) or (n_targets, h, w), got shape {tuple(self.mask.shape)}")
 
 
 @dataclass
@@ -256,7 +259,12 @@ class PromptToPrompt(AttentionStore):
         """(n_prompts, 1, h, w) boolean mask of the edited region from this step's cross-attention."""
         cfg = self.config.blend
         if cfg.mask is not None:
-            return (cfg.mask.to(x.device) > 0.5).expand(x.shape[0], 1, *x.shape[2:])
+            mask = cfg.mask.to(x.device) > 0.5
+            if mask.dim() == 2:
+                return mask.expand(x.shape[0], 1, *x.shape[2:])
+            if len(mask) != len(x) - 1:
+                raise ValueError(f"{len(mask)} blend masks for {len(x) - 1} target prompts")
+            return torch.cat([mask[:1], mask])[:, None]  # the source row keeps itself under any mask
         maps = [m for (place, kind), ms in self.step_maps.items() if kind == "cross" for m in ms]
         if not maps:
             raise RuntimeError("local blend found no cross-attention maps for this step")

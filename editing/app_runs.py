@@ -31,7 +31,7 @@ from editing.core.model import DTYPES
 from editing.core.progress import watch
 from editing.inversion_cache import inversion_key
 from editing.methods import run_edit
-from editing.request import EditRequest, parse_crop
+from editing.request import AUTO_MASK, EditRequest, parse_crop
 from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion
 
@@ -103,7 +103,10 @@ class Run:
         view["images"] = [{"src": url(outputs["source"]), "caption": "source"},
                           {"src": url(outputs["reconstruction"]), "caption": f"reconstruction, PSNR {psnr} dB"},
                           *[{"src": url(name), "caption": prompt, "edit": True}
-                            for name, prompt in zip(outputs["edit"], summary["target_prompts"])]]
+                            for name, prompt in zip(outputs["edit"], summary["target_prompts"])],
+                          *[{"src": url(name), "caption": f"mask from the captions ({share:.0%} of the image): {prompt}"}
+                            for name, share, prompt in zip(outputs.get("mask", []), summary.get("auto_mask_share", []),
+                                                           summary["target_prompts"])]]
         view["attention"] = url(outputs["attention"]) if "attention" in outputs else None
         view["sweeps"] = [url(name) for name in outputs.get("sweep", [])]
         view["psnr"] = psnr
@@ -204,7 +207,7 @@ class Editor:
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         options = dict(options)
-        if options.get("mask"):
+        if options.get("mask") and options["mask"] != AUTO_MASK:
             options["mask"] = str(self.upload_path(options["mask"]))
         request = EditRequest.from_options({**options, "image": filename or upload, "quiet": True,
                                             "attention_maps": options.get("method", "p2p") == "p2p"})

@@ -408,7 +408,7 @@ def _holder(fd: int) -> str:
 
 def batch_inputs(batch, shared, jobs: list[Job]) -> list:
     """Every file the batch reads, which no output may replace."""
-    masks = [job.request.mask for job in jobs if job.request is not None]
+    masks = [job.request.mask_file for job in jobs if job.request is not None]
     return [batch.manifest, shared.config, *(job.image for job in jobs), *masks]
 
 

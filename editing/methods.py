@@ -20,6 +20,7 @@ import torch
 
 from attention.controllers import BlendConfig, P2PConfig, PromptToPrompt
 from attention.heatmaps import cross_attention_heatmaps, self_attention_components
+from editing.auto_mask import disagreement_masks, mask_picture
 from editing.core.files import write_json
 from editing.core.image_io import MAX_IMAGE_PIXELS, Crop, image_grid, prepare_image, read_image, save_image
 from editing.core.metrics import peak_memory_mb, psnr
@@ -35,7 +36,7 @@ from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT
     DEFAULT_INTERP_STEPS as LE_INTERP_STEPS, LearnedEmbeddingConfig, edit_learned_embedding
 from editing.null_finetune import DEFAULT_K, NullFinetuneConfig, edit_null_finetune
 from editing.p2p import edit_p2p
-from editing.request import SOURCE_METHODS, EditRequest, parse_list
+from editing.request import AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
 from editing.core.errors import UserError
 from inversion.invert import InversionConfig, invert
 from inversion.null_text import NullTextConfig
@@ -49,15 +50,16 @@ def load_mask(path: str, crop: Crop, model, max_pixels: int = MAX_IMAGE_PIXELS) 
     return torch.from_numpy((rgb.mean(-1) > 127).astype("float32"))
 
 
-def p2p_config(request: EditRequest, model, crop: Crop) -> P2PConfig:
+def p2p_config(request: EditRequest, model, crop: Crop, auto_masks: torch.Tensor | None = None) -> P2PConfig:
+    """P2P's settings from a request; auto_masks: the (n_targets, h, w) masks of --mask auto, once made."""
     cross = request.cross_replace
     if request.cross_replace_word:
         cross = {"default_": cross, **request.cross_replace_word}
     blend = None
-    if request.blend_words or request.mask:
+    mask = load_mask(request.mask_file, crop, model, request.max_pixels) if request.mask_file else auto_masks
+    if request.blend_words or mask is not None:
         blend = BlendConfig(words=list(request.blend_words or []), threshold=request.blend_threshold,
-                            start=request.blend_start, subtract_words=list(request.blend_subtract),
-                            mask=load_mask(request.mask, crop, model, request.max_pixels) if request.mask else None)
+                            start=request.blend_start, subtract_words=list(request.blend_subtract), mask=mask)
     return P2PConfig(edit=request.edit, cross_replace=cross, self_replace=request.self_replace,
                      reweight=dict(request.reweight), blend=blend, **model.attention_limits())
 
@@ -88,6 +90,7 @@ class MethodOutput:
     sweeps: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (grid image, caption) per target
     summary: dict = field(default_factory=dict)
     attention: object = None  # p2p's controller, for --attention-maps
+    masks: list[np.ndarray] = field(default_factory=list)  # --mask auto's masks, one picture per target
 
 
 def source_record(model, image, request: EditRequest, invert_source, disable: bool, keep_trajectory: bool = False) -> Inversion:
@@ -103,10 +106,14 @@ def source_record(model, image, request: EditRequest, invert_source, disable: bo
 
 
 def run_p2p(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
-    config = p2p_config(request, model, request.crop)
+    config = p2p_config(request.replace(mask=request.mask_file), model, request.crop)
     # check the prompts and edit options (word counts, reweight/blend words, lengths) before the long inversion
     PromptToPrompt(request.source_prompt, request.target_prompts, model.tokenizer, request.steps, config)
     t0 = time.perf_counter()
+    masks = None
+    if request.mask == AUTO_MASK:
+        masks = disagreement_masks(model, image, request.source_prompt, list(request.target_prompts), request.seed)
+        config = p2p_config(request, model, request.crop, masks)
     record = source_record(model, image, request, invert_source, disable)
     t1 = time.perf_counter()
     result = edit_p2p(model, record, request.target_prompts, config, store_self=request.attention_maps, disable=disable)
@@ -115,8 +122,12 @@ def run_p2p(model, image, request: EditRequest, invert_source, disable) -> Metho
                "edit": result.controller.mode}
     if result.controller.mode != config.edit:
         summary["note"] = f"--edit auto chose {result.controller.mode}"
+    pictures = []
+    if masks is not None:  # the share of the image each edit may change, and the masks as --mask pictures
+        summary["auto_mask_share"] = [round(float(m.mean()), 4) for m in masks]
+        pictures = [mask_picture(m, image.shape) for m in masks]
     return MethodOutput(result.reconstruction, result.edits, stage_times(t1 - t0, 0.0, t2 - t1), summary=summary,
-                        attention=result.controller)
+                        attention=result.controller, masks=pictures)
 
 
 def run_null_finetune(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
@@ -291,7 +302,7 @@ def check_for_model(request: EditRequest, model) -> None:
 
 def request_inputs(request: EditRequest) -> list[str | None]:
     """The files a request reads, which its outputs must never replace."""
-    return [request.image, request.mask, request.inversion_file]
+    return [request.image, request.mask_file, request.inversion_file]
 
 
 def edit_names(count: int, stem: str = "edit") -> list[str]:
@@ -309,7 +320,8 @@ def run_edit(model, image: np.ndarray, request: EditRequest, out: Path | OutputF
         out = OutputFolder.prepare(out)
     out = out.with_inputs(request_inputs(request))
     names = edit_names(len(request.target_prompts))
-    for name in ("source.png", "reconstruction.png", *names, "grid.png", "summary.json"):
+    masks = edit_names(len(request.target_prompts), "mask") if request.mask == AUTO_MASK else []
+    for name in ("source.png", "reconstruction.png", *names, *masks, "grid.png", "summary.json"):
         out.path(name)
     if request.save_inversion:
         refuse_input(request.save_inversion, out.inputs, "--save-inversion")
@@ -328,6 +340,11 @@ def run_edit(model, image: np.ndarray, request: EditRequest, out: Path | OutputF
         for name, (grid, _) in zip(sweeps, result.sweeps):
             save_image(out.path(name), grid)
         outputs["sweep"] = sweeps
+    if result.masks:
+        masks = edit_names(len(result.masks), "mask")
+        for name, picture in zip(masks, result.masks):
+            save_image(out.path(name), picture)
+        outputs["mask"] = masks
     if request.attention_maps and result.attention is not None:
         outputs.update(write_attention_maps(out, result.attention, request.source_prompt, model, image))
     timings = {k: round(v, 3) for k, v in result.timings_s.items()}

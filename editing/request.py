@@ -23,6 +23,7 @@ from inversion.record import METHODS as INVERSIONS
 
 EDIT_METHODS = ("p2p", "null-finetune", "learned-embedding", "imagic", "finetune-embedding")
 SOURCE_METHODS = ("p2p", "null-finetune")  # the methods that invert the photo under its source prompt
+AUTO_MASK = "auto"  # --mask auto: the region where the captions disagree (editing/auto_mask.py), not a file
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 Range = float | tuple[float, float]  # a fraction of the steps, or (start, end) fractions
@@ -131,7 +132,7 @@ class EditRequest:
     blend_subtract: tuple[str, ...] = ()
     blend_threshold: float = 0.3  # the reference's local blend threshold
     blend_start: float = 0.2  # fraction of steps before blending starts
-    mask: str | None = None  # a mask image (white = may change) instead of blend words
+    mask: str | None = None  # a mask image (white = may change) instead of blend words, or "auto"
     # null-finetune, learned-embedding, imagic (None: the method's own default)
     finetune_steps: int | None = None
     finetune_inner: int = DEFAULT_INNER_STEPS
@@ -205,8 +206,15 @@ class EditRequest:
             value = getattr(self, name)
             if value is not None and value > self.steps:
                 raise UserError(f"--{name.replace('_', '-')} must be between 0 and --steps ({self.steps}), got {value}")
+        if self.mask and self.method != "p2p":
+            raise UserError(f"--mask is P2P's local blend: it applies to --method p2p, not {self.method}")
         if self.blend_words is not None and not self.blend_words:
             raise UserError("--blend-words needs at least one word")
+
+    @property
+    def mask_file(self) -> str | None:
+        """The mask image the request reads (None for no mask and for --mask auto)."""
+        return None if self.mask == AUTO_MASK else self.mask
 
     @property
     def uses_source(self) -> bool:

@@ -78,7 +78,9 @@ def build_parser() -> Parser:
                    help="local blend: keep these words' region unchanged")
     p.add_argument("--blend-threshold", type=float, default=0.3, help="local blend mask threshold (0.3)")
     p.add_argument("--blend-start", type=float, default=0.2, help="fraction of steps before blending (0.2)")
-    p.add_argument("--mask", default=None, help="a mask image (white = may change) instead of blend words")
+    p.add_argument("--mask", default=None,
+                   help="a mask image (white = may change) instead of blend words, or 'auto': where the source and "
+                        "target captions' noise predictions disagree (DiffEdit's mask; written as mask.png)")
     g = p.add_argument_group("null-finetune, learned-embedding, imagic and finetune-embedding")
     g.add_argument("--finetune-steps", type=int, default=None, metavar="K",
                    help=f"null-finetune, finetune-embedding: fine-tune the nulls of the first K steps (default "
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = apply_config_file(build_parser(), argv)
     request = request_from_args(args)
     photo = read_image(args.image, request.max_pixels)  # a missing or broken photo is refused before any work
-    out = OutputFolder.prepare(args.out, [args.image, args.mask, args.inversion_file, args.config])
+    out = OutputFolder.prepare(args.out, [args.image, request.mask_file, args.inversion_file, args.config])
     try:
         model = load_model(args.model, device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
                            download=args.download, debug=args.debug)

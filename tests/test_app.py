@@ -230,6 +230,18 @@ def test_invert_once_edit_many_and_the_zip_holds_the_run_folder(tiny_server):
     assert tiny_server.call(f"/runs/{second['id']}/..%2Fsummary.json")[0] == 400
 
 
+def test_a_mask_from_the_captions_is_shown_beside_the_edits(tiny_server):
+    upload = tiny_server.upload(TOY)
+    view = tiny_server.run(upload, {"source_prompt": SOURCE, "target_prompts": [BLUE, GREEN], "mask": "auto",
+                                    **TINY_FAST})
+    assert view["state"] == "done", view["message"]
+    masks = [i for i in view["images"] if i["caption"].startswith("mask from the captions")]
+    assert [m["src"].rsplit("/", 1)[1] for m in masks] == ["mask-1.png", "mask-2.png"]
+    summary = json.loads((tiny_server.editor.out / view["id"] / "summary.json").read_text())
+    assert summary["request"]["mask"] == "auto" and len(summary["auto_mask_share"]) == 2
+    assert f"{summary['auto_mask_share'][0]:.0%} of the image" in masks[0]["caption"]
+
+
 def test_runs_wait_in_one_queue_and_stop_ends_the_running_one(tiny_server):
     upload = tiny_server.upload(TOY)
     long = {"source_prompt": SOURCE, "target_prompts": [BLUE], "steps": "200", "inner_steps": "20"}
@@ -386,9 +398,12 @@ def test_a_browser_edits_the_toy_scene_red_to_blue_then_green_reusing_the_invers
         choose(TOY)  # and a good run after it still works
         wait.until(lambda d: not error.is_displayed() and d.find_element(By.ID, "preview-box").is_displayed())
         fill("target_prompts", BLUE)
+        page.find_element(By.ID, "auto_mask").click()  # and edit only where the captions disagree
         third = run_and_wait()
         assert third["state"] == "done"
         assert read_scene(edit_image())["colour"] == "blue"
+        captions = [c.text for c in page.find_elements(By.CSS_SELECTOR, "#images figcaption")]
+        assert captions[-1].startswith("mask from the captions (") and captions[-1].endswith(BLUE)
         assert not page.find_element(By.ID, "error").is_displayed()
     finally:
         served.close()

@@ -278,6 +278,32 @@ def test_train_init_from_arguments(tmp_path):
         train.parse_args(["--out", str(tmp_path / "o"), "--init-from", str(tmp_path)])  # no unet/
 
 
+def test_latent_size_32_builds_a_factor_2_vae_and_a_unet_with_attention_at_32x32(tmp_path, capsys):
+    import torch
+    from transformers import CLIPTokenizer
+
+    from editing.core.model import TOKENIZER_DIR
+    from toyworld import train
+
+    out = ["--out", str(tmp_path / "o")]
+    _, cfg = train.parse_args(out + ["--latent-size", "32"])
+    assert train.vae_factor(cfg) == 2 and cfg.to_json()["unet_attention"] == [True, True, True, False]
+    vae, _, unet = train.build_components(cfg, CLIPTokenizer.from_pretrained(TOKENIZER_DIR))
+    with torch.no_grad():
+        latent = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+        assert latent.shape == (1, 4, 32, 32)
+        assert unet(latent, 10, encoder_hidden_states=torch.zeros(1, 77, cfg.text_hidden)).sample.shape == latent.shape
+    assert [type(b).__name__ for b in unet.down_blocks][:3] == ["CrossAttnDownBlock2D"] * 3
+    _, default = train.parse_args(out)
+    assert train.vae_factor(default) == 4 and default.unet_attention == (True, True, False)
+    for bad, said in ((["--latent-size", "32", "--init-from", "toyworld/model"], "parent's architecture"),
+                      (["--latent-size", "32", "--attention-loss", "1"], "16x16 region maps"),
+                      (["--latent-size", "24"], "invalid choice")):
+        with pytest.raises(SystemExit):
+            train.parse_args(out + bad)
+        assert said in capsys.readouterr().err
+
+
 def test_train_recipe_options_reach_the_config_and_the_training_set(tmp_path, capsys):
     from toyworld import train
 

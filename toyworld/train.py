@@ -72,7 +72,7 @@ class Config:
     turned_prob: float = 0.0  # share of shapes turned by a random angle (0: the upright world of the first models)
     n_eval_vae: int = 200  # held-out renders for the VAE PSNR
     n_eval: int = 100  # held-out one-shape captions for the attribute accuracy
-    # autoencoder: 64x64x3 -> 16x16x4
+    # autoencoder: 64x64x3 -> 16x16x4 (one level per channel count: the factor is 2 ** (levels - 1))
     vae_channels: tuple = (32, 32, 64)
     vae_layers_per_block: int = 1
     vae_steps: int = 1500  # total steps; the first vae_crop_frac of them on crops
@@ -88,6 +88,8 @@ class Config:
     # UNet on 16x16x4 latents
     unet_channels: tuple = (48, 96, 96)
     unet_heads: tuple = (2, 4, 4)  # diffusers' attention_head_dim = number of heads; head dim 24 (8 heads: 1.7x slower on CPU)
+    # attention at a level or not, finest first (diffusers' CrossAttnDownBlock2D or DownBlock2D, mirrored going up)
+    unet_attention: tuple = (True, True, False)
     unet_layers_per_block: int = 1
     unet_steps: int = 2100
     unet_batch: int = 64
@@ -171,13 +173,30 @@ def build_components(cfg: Config, tokenizer):
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
         max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    attention = tuple(cfg.unet_attention)
     unet = UNet2DConditionModel(
-        sample_size=64 // 4, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers_per_block,
+        sample_size=64 // vae_factor(cfg), in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers_per_block,
         block_out_channels=tuple(cfg.unet_channels), norm_num_groups=16,
         cross_attention_dim=cfg.text_hidden, attention_head_dim=tuple(cfg.unet_heads),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)))
     return vae, text_encoder, unet
+
+
+def vae_factor(cfg: Config) -> int:
+    """Image pixels per latent cell along a side: each VAE level after the first halves the image."""
+    return 2 ** (len(cfg.vae_channels) - 1)
+
+
+# --latent-size 32: 64x64 images -> 32x32x4 latents (VAE factor 2), for Prompt-to-Prompt's maps at 32x32. The UNet
+# gets a fourth level at 32x32 with attention, so the finest self-attention sees 2-px cells; its channels are
+# narrower there (32, one head of 32) to keep a CPU step at ~3x the 16x16 model's (measured: 5.5 s against 1.9 s
+# at batch 64 on one thread); the 8x8 and 4x4 levels are the 16x16 model's.
+LATENT_SIZES = {
+    16: {},
+    32: {"vae_channels": (32, 64), "unet_channels": (32, 48, 96, 96), "unet_heads": (1, 2, 4, 4),
+         "unet_attention": (True, True, True, False)},
+}
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -215,7 +234,7 @@ def train_vae(vae, data: Data, cfg: Config, rng: np.random.Generator, disable: b
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = warmup_cosine(opt, cfg.vae_steps, cfg.warmup_frac)
     n_crop = int(round(cfg.vae_steps * cfg.vae_crop_frac))
-    offsets = np.arange(0, 64 - cfg.vae_crop + 1, 4)  # crops keep the 4-px latent grid's phase
+    offsets = np.arange(0, 64 - cfg.vae_crop + 1, vae_factor(cfg))  # crops keep the latent grid's phase
     vae.train()
     smooth, psnr_smooth = None, None
     bar = tqdm(range(cfg.vae_steps), desc="vae", disable=disable, **_bar())
@@ -504,6 +523,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--checkpoint-every", type=int, default=DEFAULT_EVERY, metavar="STEPS",
                    help="save the UNet stage's state to OUT.checkpoint/ every STEPS steps; the same command "
                         "again continues from it (default %(default)s)")
+    p.add_argument("--latent-size", type=int, default=None, choices=sorted(LATENT_SIZES),
+                   help="latent side for a run from scratch: 16 (factor-4 VAE, the default model) or 32 (factor-2 "
+                        "VAE and a UNet level with attention at 32x32; ~3x the CPU time per UNet step)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     for name in ("threads", "n_train", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "n_eval", "n_eval_vae",
@@ -523,6 +545,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
                  attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, local_words=a.local_words,
                  fresh_ema=a.fresh_ema, device=a.device)
+    if a.latent_size is not None:
+        if a.init_from is not None:
+            p.error("--latent-size is for a run from scratch: a continuation keeps its parent's architecture")
+        if a.latent_size != 16 and a.attention_loss:
+            p.error("--attention-loss reads the world's 16x16 region maps: it needs --latent-size 16")
+        for key, value in LATENT_SIZES[a.latent_size].items():
+            setattr(cfg, key, value)
     if a.fresh_ema and a.init_from is None:
         p.error("--fresh-ema is for a continuation (--init-from); a run from scratch always warms its EMA up")
     if a.init_from is not None:
@@ -534,7 +563,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
 
 
 ARCH_KEYS = ("vae_channels", "vae_layers_per_block", "text_hidden", "text_layers", "text_heads",
-             "unet_channels", "unet_heads", "unet_layers_per_block")
+             "unet_channels", "unet_heads", "unet_layers_per_block", "unet_attention")
 
 
 def load_parent(cfg: Config):

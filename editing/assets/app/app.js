@@ -97,7 +97,10 @@ function formOptions() {
     else options[name] = text;
   }
   options.target_prompts = $("target_prompts").value.split("\n").map((t) => t.trim()).filter(Boolean);
-  if (state.mask && !$("mask").closest("[data-methods]").hidden) options.mask = state.mask;
+  if (!$("mask").closest("[data-methods]").hidden) {
+    if ($("auto_mask").checked) options.mask = "auto";
+    else if (state.mask) options.mask = state.mask;
+  }
   return options;
 }
 
