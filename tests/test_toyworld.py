@@ -522,6 +522,49 @@ def test_a_killed_unet_stage_goes_on_from_its_checkpoint_bit_for_bit(tmp_path):
     assert sorted(f.name for f in folder.iterdir()) == ["state.json", "step-000002"]  # a later save replaces it
 
 
+def test_export_writes_a_checkpoint_s_ema_weights_as_a_model_folder(tmp_path, capsys):
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    from editing.core.model import ddim_scheduler
+    from toyworld import export, train
+    from toyworld.checkpoint import UNetCheckpoint
+
+    seen = {}
+
+    class Watched(UNetCheckpoint):  # keeps the networks with the EMA's weights at the step it saves
+        def save(self, step, vae, networks, optimiser, schedule, ema, generator, extra):
+            super().save(step, vae, networks, optimiser, schedule, ema, generator, extra)
+            copies = {name: copy.deepcopy(module) for name, module in networks.items()}
+            ema.copy_to([p for m in (copies["unet"], copies["text_encoder"]) for p in m.parameters() if p.requires_grad])
+            seen.update({name: module.state_dict() for name, module in copies.items()}, step=step)
+
+    cfg, vae, text_encoder, unet, data = _tiny_unet_stage(0)
+    folder = tmp_path / "run.checkpoint"
+    train.train_unet(unet, text_encoder, *data, ddim_scheduler(), cfg, torch.Generator().manual_seed(0), True,
+                     Watched(folder, cfg.to_json(), every=2), vae)
+    assert seen["step"] == 2
+    assert export.main([str(folder), str(tmp_path / "model")]) == 0
+    assert "exported step 2" in capsys.readouterr().out
+    record = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert record["checkpoint_step"] == 2 and record["config"] == cfg.to_json()
+    for name in ("unet", "text_encoder"):
+        written = load_file(str(next((tmp_path / "model" / name).glob("*.safetensors"))))
+        expected = seen[name]
+        assert written.keys() == expected.keys()
+        assert all(torch.equal(written[k], expected[k].half()) for k in expected), name  # fp16 on disk
+        raw = load_file(str(folder / "step-000002" / f"{name}.safetensors"))  # the step's own weights
+        assert any(not torch.equal(written[k], raw[k].half()) for k in expected)  # the EMA was written, not them
+    from editing.core.loading import load_model
+
+    model = load_model(str(tmp_path / "model"), device="cpu")
+    assert model.latent_scale == pytest.approx(vae.config.scaling_factor)
+    assert export.main([str(tmp_path), str(tmp_path / "other")]) == 2  # not a checkpoint
+    assert "no state.json" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_the_training_command_killed_and_run_again_saves_the_uninterrupted_model(tmp_path, capsys):
     import os

@@ -1,0 +1,95 @@
+"""A training run's checkpoint as a model folder, to measure a long run mid-way.
+
+    python -m toyworld.export runs/tw32/model.checkpoint runs/tw32-step2000
+
+`python -m toyworld.train --checkpoint-every N` keeps the UNet stage's state in `OUT.checkpoint/`; this writes
+the EMA weights of that state (what the run would save if it ended at the step reached) with the checkpoint's
+VAE and scaling factor as a diffusers folder, in the format the trainer saves. `benchmarks.quality --model`
+and `toyworld.score` then measure it like any saved model. Its `training.json` names the checkpoint, the step
+and the run's recipe; it holds no held-out scores (`toyworld.score` gives them). The checkpoint is only read:
+the run goes on from it when its command is given again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from toyworld.train import Config, build_components, load_parent, replace_folder, save_pipeline
+from toyworld.local_words import localise_words
+
+
+def recipe_config(recipe: dict) -> Config:
+    """The run's Config from a checkpoint's recipe (training.json's `config`, lists for tuples)."""
+    known = Config.__dataclass_fields__
+    unknown = sorted(set(recipe) - set(known))
+    if unknown:
+        raise ValueError(f"the checkpoint's recipe has settings this trainer does not know: {', '.join(unknown)}")
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()})
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> dict:
+    """Write checkpoint's EMA model to out (atomically; an older out is replaced); -> the training.json written."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
+
+    from editing.core.model import TOKENIZER_DIR
+
+    state_file = Path(checkpoint) / "state.json"
+    if not state_file.is_file():
+        raise ValueError(f"{checkpoint} is not a training checkpoint (no state.json): give the OUT.checkpoint "
+                         "folder of a toyworld.train run started with --checkpoint-every")
+    state = json.loads(state_file.read_text())
+    cfg = recipe_config(state["recipe"])
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    if cfg.init_from is None:
+        vae, text_encoder, unet = build_components(cfg, tokenizer)
+    else:  # the parent's architecture (its weights are replaced below)
+        vae, text_encoder, unet, _ = load_parent(cfg)
+    if cfg.local_words:
+        localise_words(text_encoder)
+    files = Path(checkpoint) / state["files"]
+    for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
+        module.load_state_dict(load_file(str(files / f"{name}.safetensors")))
+    vae.register_to_config(scaling_factor=state["scaling_factor"])
+    # the EMA's shadow weights, in the order train_unet handed the parameters to it
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+    shadow = load_file(str(files / "ema.safetensors"))
+    if len(shadow) != len(params):
+        raise ValueError(f"the checkpoint's EMA holds {len(shadow)} tensors for {len(params)} trained parameters")
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(shadow[str(i)])
+    out = Path(out).resolve()
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    size_mb = save_pipeline(tmp, vae, text_encoder, unet, tokenizer)
+    record = {"exported_from": str(Path(checkpoint).resolve()), "checkpoint_step": state["step"],
+              "steps": {"vae": cfg.vae_steps, "unet": state["step"]}, "config": cfg.to_json(),
+              "folder_mb": round(size_mb, 2), "weights_dtype_on_disk": "float16"}
+    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    replace_folder(tmp, out)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m toyworld.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a run's OUT.checkpoint folder")
+    p.add_argument("out", help="the model folder to write (an older one is replaced)")
+    args = p.parse_args(argv)
+    try:
+        record = export_checkpoint(Path(args.checkpoint), Path(args.out))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported step {record['checkpoint_step']} of {args.checkpoint} to {args.out} "
+          f"({record['folder_mb']:.1f} MB)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
