@@ -15,6 +15,10 @@ retraining (issue: a default model that edits as well as it draws).
   holds only the source branch on the inversion trajectory, so the edit branch drifts as a guided DDIM
   sample of an inverted latent does; a move here is one no word caused, and caps the benchmark's "layout
   kept" (with null-text inversion the edit branch is the source branch, exactly);
+- mask: `--mask auto`'s mask (editing/auto_mask.py) against the ground truth, for noise levels x thresholds
+  around its defaults: per kind of edit, the share of the truly changed latent cells it covers, its
+  intersection over union with them, and its share of the image (a mask must cover the change first: P2P keeps
+  the source outside it);
 - caption dropout: the share of training steps that saw the empty prompt (the null branch every edit's
   guidance leans on), from the recipe.
 
@@ -38,6 +42,7 @@ import torch
 from attention.controllers import AttentionStore, P2PConfig
 from attention.heatmaps import overlay
 from benchmarks.quality import LAYOUT_TOLERANCE_PX, add_scene_options, benchmark_scenes, scenes_name, training_record
+from editing.auto_mask import MASK_STRENGTH, MASK_THRESHOLD, disagreement
 from editing.cli import EXIT_OK, Parser, run_main
 from editing.core.errors import UserError
 from editing.core.files import atomic_write, write_json
@@ -51,7 +56,9 @@ from inversion.record import METHODS as INVERSIONS
 from toyworld.checker import check, read_scene
 from toyworld.world import BACKGROUNDS, COLOURS, SHAPES, random_scene, shape_coverage
 
-PARTS = ("coverage", "vae", "attention", "identity")
+PARTS = ("coverage", "vae", "attention", "identity", "mask")
+MASK_STRENGTHS = (0.2, MASK_STRENGTH, 0.4)  # the mask part's grid, around --mask auto's defaults
+MASK_THRESHOLDS = (MASK_THRESHOLD, 0.2, 0.3, 0.5)  # 0.5: DiffEdit's own
 EXAMPLE_SCENES = 6  # rows of attention.png
 
 
@@ -203,6 +210,36 @@ def identity_edits(model, pairs: list[dict], steps: int, guidance: float, invers
             "per_scene": rows}
 
 
+def changed_cells(pair: dict, side: int) -> torch.Tensor:
+    """(side, side) bool: the latent cells holding a pixel the ground-truth twin changes."""
+    changed = (pair["image"] != pair["edited_image"]).any(-1)
+    cell = changed.shape[0] // side
+    return torch.from_numpy(changed.reshape(side, cell, side, cell).any(axis=(1, 3)))
+
+
+def auto_masks(model, pairs: list[dict]) -> dict:
+    """--mask auto's masks against the truth: per strength, threshold and kind of edit, the truth's share
+    covered, the intersection over union and the mask's share of the image (means over the scenes)."""
+    side = model.resolution // model.vae_scale_factor
+    rows = []
+    for strength in MASK_STRENGTHS:
+        maps = [disagreement(model, p["image"], p["caption"], [p["edited_caption"]], strength=strength)[0]
+                for p in pairs]
+        for threshold in MASK_THRESHOLDS:
+            by_kind: dict[str, list[tuple[float, float, float]]] = {}
+            for pair, difference in zip(pairs, maps):
+                mask, truth = difference > threshold, changed_cells(pair, side)
+                both = float((mask & truth).sum())
+                by_kind.setdefault(pair["attribute"], []).append(
+                    (both / max(float(truth.sum()), 1.0), both / max(float((mask | truth).sum()), 1.0),
+                     float(mask.float().mean())))
+            rows.append({"strength": strength, "threshold": threshold, "by_kind": {
+                kind: {"covered": float(np.mean([v[0] for v in values])), "iou": float(np.mean([v[1] for v in values])),
+                       "share": float(np.mean([v[2] for v in values])), "scenes": len(values)}
+                for kind, values in sorted(by_kind.items())}})
+    return {"map_side": side, "defaults": {"strength": MASK_STRENGTH, "threshold": MASK_THRESHOLD}, "grid": rows}
+
+
 def markdown(report: dict) -> str:
     lines = ["# Editability of the model", "", f"model `{report['model']}` ({report['fingerprint']}), {report['date']}"]
     if "coverage" in report:
@@ -239,6 +276,16 @@ def markdown(report: dict) -> str:
                   f"reconstruction {i['reconstruction_layout_kept']:.2f}; the edit branch's shift median "
                   f"{i['edit_shift_px_median']:.1f} px, at most {i['edit_shift_px_max']:.1f} px; edit against "
                   f"reconstruction {i['edit_psnr_vs_reconstruction_db']:.2f} dB."]
+    if "mask" in report:
+        m = report["mask"]
+        kinds = list(m["grid"][0]["by_kind"])
+        lines += ["", f"## --mask auto's mask against the truth ({m['map_side']} x {m['map_side']} cells; covered / "
+                      "intersection over union / share of the image)", "",
+                  "| noise level t / T | threshold | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for row in m["grid"]:
+            default = " (default)" if (row["strength"], row["threshold"]) == tuple(m["defaults"].values()) else ""
+            cells = [f"{k['covered']:.2f} / {k['iou']:.2f} / {k['share']:.2f}" for k in row["by_kind"].values()]
+            lines.append(f"| {row['strength']:g} | {row['threshold']:g}{default} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     if "identity" in parts:
         report["identity"] = identity_edits(model, pairs, args.steps, args.guidance, args.identity_inversion,
                                             args.quiet)
+    if "mask" in parts:
+        report["mask"] = auto_masks(model, pairs)
     write_json(out / "editability.json", report)
     text = markdown(report)
     atomic_write(out / "editability.md", text)

@@ -26,15 +26,14 @@ MASK_THRESHOLD = 0.1  # share of the largest difference; DiffEdit's 0.5 missed h
 
 
 @torch.no_grad()
-def disagreement_masks(model, image: np.ndarray, source_prompt: str, target_prompts: list[str], seed: int = 0,
-                       strength: float = MASK_STRENGTH, draws: int = MASK_DRAWS,
-                       threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """(n_targets, h, w) float in {0, 1} at latent size, one mask per target: 1 where the UNet's prediction
-    under that target differs from the one under the source caption by more than `threshold` of its largest
-    difference. A target that reads the photo as the source does (the same caption) gets an empty mask.
+def disagreement(model, image: np.ndarray, source_prompt: str, target_prompts: list[str], seed: int = 0,
+                 strength: float = MASK_STRENGTH, draws: int = MASK_DRAWS) -> torch.Tensor:
+    """(n_targets, h, w) in [0, 1] at latent size: how far the UNet's prediction under each target caption is
+    from the one under the source caption, on the photo's latent noised to t = strength T (mean |difference|
+    over channels and draws), divided by its largest value (all 0 for a target that changes nothing).
 
     image: uint8 (S, S, 3) at the model's resolution. The noise comes from a CPU generator seeded with `seed`,
-    so the mask does not depend on the device.
+    so the map does not depend on the device.
     """
     latent = model.encode_images(image[None])  # (1, C, h, w)
     cond = model.encode_prompts([source_prompt, *target_prompts])
@@ -48,8 +47,15 @@ def disagreement_masks(model, image: np.ndarray, source_prompt: str, target_prom
         noisy = (a ** 0.5 * latent + (1 - a) ** 0.5 * noise).expand(rows, -1, -1, -1)
         out = model.unet_output(noisy, t, cond)  # (rows, C, h, w)
         difference += (out[1:] - out[:1]).abs().mean(1).cpu()
-    peak = difference.flatten(1).amax(1)[:, None, None]
-    return (difference > threshold * peak).float()
+    return difference / difference.flatten(1).amax(1).clamp_min(torch.finfo(difference.dtype).tiny)[:, None, None]
+
+
+def disagreement_masks(model, image: np.ndarray, source_prompt: str, target_prompts: list[str], seed: int = 0,
+                       strength: float = MASK_STRENGTH, draws: int = MASK_DRAWS,
+                       threshold: float = MASK_THRESHOLD) -> torch.Tensor:
+    """(n_targets, h, w) float in {0, 1} at latent size, one mask per target: 1 where `disagreement` is over
+    `threshold`. A target that reads the photo as the source does (the same caption) gets an empty mask."""
+    return (disagreement(model, image, source_prompt, target_prompts, seed, strength, draws) > threshold).float()
 
 
 def mask_picture(mask: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attention.controllers import BlendConfig, P2PConfig, PromptToPrompt
+from benchmarks.editability import changed_cells
 from editing.auto_mask import disagreement_masks, mask_picture
 from editing.core.ddim import DDIMSchedule
 from editing.core.errors import UserError
@@ -18,13 +19,6 @@ from inversion.invert import InversionConfig, invert
 from toyworld.world import edit_pairs
 
 SCENES = 12  # the quality suite's first turned scenes: 4 background, 5 colour, 3 shape edits
-
-
-def changed_cells(pair: dict, side: int) -> torch.Tensor:
-    """(side, side) bool: the latent cells where the ground-truth twin differs from the scene."""
-    changed = (pair["image"] != pair["edited_image"]).any(-1)
-    cell = changed.shape[0] // side
-    return torch.from_numpy(changed.reshape(side, cell, side, cell).any(axis=(1, 3)))
 
 
 def test_the_mask_covers_what_the_edit_changes_and_little_else(default_model):

@@ -31,6 +31,24 @@ def test_runs_on_a_tiny_model_and_writes_its_files(tmp_path):
     assert run_main(main, ["--model", "tiny-random", "--parts", "coverage", "--out", str(tmp_path)]) == 2
 
 
+def test_the_mask_part_grows_with_a_lower_threshold_and_marks_the_defaults(tmp_path):
+    code = run_main(main, ["--model", "tiny-random", "--parts", "mask", "--n", "4", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "editability.json").read_text())["mask"]
+    by_level: dict = {}
+    for row in report["grid"]:
+        by_level.setdefault(row["strength"], []).append(row)
+    for rows in by_level.values():  # thresholds ascending: each mask holds the next one
+        for lower, higher in zip(rows, rows[1:]):
+            assert lower["threshold"] < higher["threshold"]
+            for kind, a in lower["by_kind"].items():
+                b = higher["by_kind"][kind]
+                assert a["covered"] >= b["covered"] and a["share"] >= b["share"]
+                assert 0.0 <= a["iou"] <= 1.0 and a["scenes"] == b["scenes"] >= 1
+    assert sum(k["scenes"] for k in report["grid"][0]["by_kind"].values()) == 4
+    assert "(default)" in (tmp_path / "editability.md").read_text()
+
+
 def test_coverage_redraws_the_recipe_s_scenes():
     small = {"config": {"seed": 0, "n_train": 500, "two_shapes_prob": 0.1}}  # a recipe from before angles
     found = coverage(small)
