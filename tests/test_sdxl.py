@@ -242,6 +242,18 @@ def test_local_blend_leaves_the_source_outside_the_mask(model, p2p_record):
         assert torch.all(differs[mask == 0] == 0) and differs[mask == 1].max() > 0
 
 
+def test_the_auto_mask_reads_sdxl_conditioning(model, session_photos):
+    from editing.auto_mask import disagreement_masks
+    from editing.core.image_io import prepare_image
+
+    photo = prepare_image(session_photos[0], model.resolution)
+    masks = disagreement_masks(model, photo, "a cat sitting on a mirror",
+                               ["a tiger sitting on a mirror", "a cat sitting on a mirror"], draws=2)
+    side = model.resolution // model.vae_scale_factor
+    assert masks.shape == (2, side, side)
+    assert 0 < masks[0].sum() < side * side and masks[1].sum() == 0  # a changed word marks part; none marks nothing
+
+
 def test_processors_are_restored_after_an_exception(model):
     before = dict(model.unet.attn_processors)
     with pytest.raises(RuntimeError, match="boom"):
