@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from toyworld.train import Config, build_components, load_parent, replace_folder, save_pipeline
+from editing.core.offline import quiet_libraries
 from toyworld.local_words import localise_words
+from toyworld.train import Config, build_components, load_parent, replace_folder, save_pipeline
 
 
 def recipe_config(recipe: dict) -> Config:
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the model folder to write (an older one is replaced)")
     args = p.parse_args(argv)
     try:
-        record = export_checkpoint(Path(args.checkpoint), Path(args.out))
+        with quiet_libraries():  # no library warnings on stderr: our line, or one error: line
+            record = export_checkpoint(Path(args.checkpoint), Path(args.out))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
