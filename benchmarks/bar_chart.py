@@ -13,7 +13,7 @@ TEXT_SCALE = 0.5  # Hershey text ~12 px high: readable at 100 % zoom
 TITLE_SCALE = 0.6
 BAR_HEIGHT = 24  # px per bar ...
 ROW_HEIGHT = 40  # ... and per row, so 16 px between bars
-LABEL_WIDTH = 300  # px left of the axis for the row labels (the longest method label fits)
+LABEL_WIDTH = 300  # px left of the axis for the row labels, at least (wider when a label needs it)
 PLOT_WIDTH = 640  # px of the value axis
 MARGIN = 20
 TITLE_HEIGHT = 70  # title line plus the legend line under it
@@ -31,11 +31,19 @@ def nice_step(top: float, ticks: int = TARGET_TICKS) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
 
 
+def _printable(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)  # Hershey fonts draw printable ASCII only
+
+
+def _width(text: str, scale: float = TEXT_SCALE) -> int:
+    """The drawn width of text in px."""
+    return cv2.getTextSize(_printable(text), FONT, scale, 1)[0][0]
+
+
 def _text(image: np.ndarray, text: str, x: int, y: int, scale: float = TEXT_SCALE, align: str = "left") -> None:
-    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)  # Hershey fonts draw printable ASCII only
-    width = cv2.getTextSize(text, FONT, scale, 1)[0][0]
+    width = _width(text, scale)
     x = {"left": x, "right": x - width, "centre": x - width // 2}[align]
-    cv2.putText(image, text, (int(x), int(y)), FONT, scale, INK, 1, cv2.LINE_AA)
+    cv2.putText(image, _printable(text), (int(x), int(y)), FONT, scale, INK, 1, cv2.LINE_AA)
 
 
 def stacked_bars(rows: Sequence[str], segments: Sequence[Sequence[float | None]], legend: Sequence[str],
@@ -51,9 +59,10 @@ def stacked_bars(rows: Sequence[str], segments: Sequence[Sequence[float | None]]
     top = step * math.ceil((max(totals, default=0.0) or 1.0) / step)
     scale = PLOT_WIDTH / top  # px per unit
     height = TITLE_HEIGHT + ROW_HEIGHT * len(rows) + AXIS_HEIGHT + MARGIN
-    width = LABEL_WIDTH + PLOT_WIDTH + 2 * MARGIN + 80  # room for the last bar's total
+    label_width = max([LABEL_WIDTH, *(_width(label) + 10 for label in rows)])
+    width = label_width + PLOT_WIDTH + 2 * MARGIN + 80  # room for the last bar's total
     image = np.full((height, width, 3), WHITE, np.uint8)
-    x0, y0 = LABEL_WIDTH + MARGIN, TITLE_HEIGHT  # the plot's top-left corner
+    x0, y0 = label_width + MARGIN, TITLE_HEIGHT  # the plot's top-left corner
     y_axis = y0 + ROW_HEIGHT * len(rows)
 
     _text(image, title, MARGIN, 24, TITLE_SCALE)

@@ -94,7 +94,7 @@ def markdown(table: list[dict]) -> str:
 def chart(table: list[dict]):
     segments = [[r["right_kept"], max(r["accuracy"] - r["right_kept"], 0.0)] for r in table]
     return stacked_bars([f"{r['method']}, {r['label']}" for r in table], segments,
-                        ["right, layout kept", "right, layout moved"], "Edits right, by model",
+                        ["right, layout kept", "right, layout moved"], "Edits right, per run",
                         "share of the benchmark's edits")
 
 

@@ -297,7 +297,8 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
             position = positions[k]
             if position % args.batch_size == 0:  # the next batch_size scenes to edit, inverted together
                 ahead = todo[position:position + args.batch_size]
-                inverter.prefetch(model, [(pairs[j]["image"], requests[j]) for j in ahead], disable=True)
+                # with its own bars: a batch's inversion (null-text: minutes) is most of the run's time
+                inverter.prefetch(model, [(pairs[j]["image"], requests[j]) for j in ahead], disable=args.quiet)
             summary = run_edit(model, pair["image"], requests[k], folder / f"{k:03d}", invert_source=inverter)
         edit = read_image(folder / f"{k:03d}" / summary["outputs"]["edit"][0])
         reconstruction = read_image(folder / f"{k:03d}" / summary["outputs"]["reconstruction"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import timing
+from benchmarks import bar_chart, timing
 from benchmarks.bar_chart import nice_step, stacked_bars
 from benchmarks.reference_nti import check_model, reference_null_text_inversion
 from editing.cli import run_main
@@ -176,6 +176,12 @@ def test_bar_chart_axis_steps_and_shape():
     assert image.dtype == np.uint8 and image.ndim == 3
     with pytest.raises(ValueError):
         stacked_bars(["a"], [[1.0]], ["x", "y"], "title", "seconds")
+    long = "null-text + P2P replace, --mask auto, on a model with a long name"  # wider than the default room
+    wide = stacked_bars([long], [[1.0]], ["x"], "t", "seconds")
+    assert wide.shape[1] > image.shape[1]
+    row = wide[bar_chart.TITLE_HEIGHT:bar_chart.TITLE_HEIGHT + bar_chart.ROW_HEIGHT]  # the label's row
+    assert np.all(row[:, :bar_chart.MARGIN] == 255)  # the label starts inside the margin: none of it is cut off
+    assert np.any(row[:, bar_chart.MARGIN:bar_chart.MARGIN + 20] < 255)  # and it is drawn right there
 
 
 def test_batched_nti_and_embedding_rows_report_their_own_figures(suite):
