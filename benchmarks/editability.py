@@ -221,14 +221,15 @@ def auto_masks(model, pairs: list[dict]) -> dict:
     """--mask auto's masks against the truth: per strength, threshold and kind of edit, the truth's share
     covered, the intersection over union and the mask's share of the image (means over the scenes)."""
     side = model.resolution // model.vae_scale_factor
+    truths = [changed_cells(pair, side) for pair in pairs]
     rows = []
     for strength in MASK_STRENGTHS:
         maps = [disagreement(model, p["image"], p["caption"], [p["edited_caption"]], strength=strength)[0]
                 for p in pairs]
         for threshold in MASK_THRESHOLDS:
             by_kind: dict[str, list[tuple[float, float, float]]] = {}
-            for pair, difference in zip(pairs, maps):
-                mask, truth = difference > threshold, changed_cells(pair, side)
+            for pair, truth, difference in zip(pairs, truths, maps):
+                mask = difference > threshold
                 both = float((mask & truth).sum())
                 by_kind.setdefault(pair["attribute"], []).append(
                     (both / max(float(truth.sum()), 1.0), both / max(float((mask | truth).sum()), 1.0),

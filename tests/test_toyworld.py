@@ -538,7 +538,7 @@ def test_export_writes_a_checkpoint_s_ema_weights_as_a_model_folder(tmp_path, ca
         def save(self, step, vae, networks, optimiser, schedule, ema, generator, extra):
             super().save(step, vae, networks, optimiser, schedule, ema, generator, extra)
             copies = {name: copy.deepcopy(module) for name, module in networks.items()}
-            ema.copy_to([p for m in (copies["unet"], copies["text_encoder"]) for p in m.parameters() if p.requires_grad])
+            ema.copy_to(train.trained_parameters(copies["unet"], copies["text_encoder"]))
             seen.update({name: module.state_dict() for name, module in copies.items()}, step=step)
 
     cfg, vae, text_encoder, unet, data = _tiny_unet_stage(0)

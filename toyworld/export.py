@@ -21,7 +21,8 @@ import torch
 
 from editing.core.offline import quiet_libraries
 from toyworld.local_words import localise_words
-from toyworld.train import Config, build_components, load_parent, replace_folder, save_pipeline
+from toyworld.train import (Config, build_components, load_parent, replace_folder, save_pipeline,
+                            trained_parameters)
 
 
 def recipe_config(recipe: dict) -> Config:
@@ -57,8 +58,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         module.load_state_dict(load_file(str(files / f"{name}.safetensors")))
     vae.register_to_config(scaling_factor=state["scaling_factor"])
-    # the EMA's shadow weights, in the order train_unet handed the parameters to it
-    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+    params = trained_parameters(unet, text_encoder)  # the EMA's shadow weights are numbered in this order
     shadow = load_file(str(files / "ema.safetensors"))
     if len(shadow) != len(params):
         raise ValueError(f"the checkpoint's EMA holds {len(shadow)} tensors for {len(params)} trained parameters")

@@ -199,6 +199,12 @@ LATENT_SIZES = {
 }
 
 
+def trained_parameters(unet, text_encoder) -> list[torch.nn.Parameter]:
+    """What the UNet stage optimises, in the order its EMA keeps them (a checkpoint's ema.safetensors numbers
+    them so): the UNet's parameters, then the text encoder's, frozen ones left out."""
+    return [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+
+
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -298,7 +304,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     (cfg.edit_pairs > 0). The reported eps_mse is over the plain rows."""
     from diffusers.training_utils import compute_snr
 
-    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+    params = trained_parameters(unet, text_encoder)
     opt = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.unet_lr)
     sched = warmup_cosine(opt, cfg.unet_steps, cfg.warmup_frac)
     ema = make_ema(params, cfg.ema_decay, warmup=cfg.init_from is None or cfg.fresh_ema)
