@@ -5,6 +5,8 @@ import shlex
 
 import numpy as np
 
+from attention.controllers import PromptToPrompt
+
 
 def help_examples(text: str, command: str) -> list[list[str]]:
     """The example invocations of `command` (e.g. "python -m editing.run") in a --help text, each as the
@@ -59,3 +61,23 @@ def check_training_option(out_dir, capsys, flag: str, field: str, good: float, b
         with pytest.raises(SystemExit):
             train.parse_args(out + [flag, value])
         assert flag in capsys.readouterr().err
+
+
+class Checked(PromptToPrompt):
+    """A P2P controller that records, for every hooked call, the edited maps next to the source's: the
+    source row (`base`), the target rows before and after the edit, and the unconditional rows."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def edit(self, probs, *, is_cross, place, step, heads):
+        out = super().edit(probs, is_cross=is_cross, place=place, step=step, heads=heads)
+        batch = probs.shape[0] // heads
+        view_in = probs.view(batch, heads, *probs.shape[1:])
+        view_out = out.view(batch, heads, *out.shape[1:])
+        first = batch - self.n_prompts
+        self.calls.append(dict(is_cross=is_cross, step=step, base=view_in[first].clone(),
+                               targets_in=view_in[first + 1:].clone(), targets_out=view_out[first + 1:].clone(),
+                               uncond_in=view_in[:first].clone(), uncond_out=view_out[:first].clone()))
+        return out

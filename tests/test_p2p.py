@@ -16,6 +16,8 @@ from editing.core.sampling import sample
 from editing.core.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert, reconstruct
 
+from helpers import Checked
+
 STEPS = 4  # enough steps for the schedules to switch on and off; keeps the file fast
 
 
@@ -35,25 +37,6 @@ def cat():
 def record(model, cat):
     return invert(model, cat[None], ["a cat sitting on a mirror"],
                   InversionConfig(method="negative-prompt", steps=STEPS), disable=True)[0]
-
-
-class Checked(PromptToPrompt):
-    """Records, for every hooked call, the edited probabilities next to the source's."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def edit(self, probs, *, is_cross, place, step, heads):
-        out = super().edit(probs, is_cross=is_cross, place=place, step=step, heads=heads)
-        batch = probs.shape[0] // heads
-        view_in = probs.view(batch, heads, *probs.shape[1:])
-        view_out = out.view(batch, heads, *out.shape[1:])
-        first = batch - self.n_prompts
-        self.calls.append(dict(is_cross=is_cross, step=step, base=view_in[first].clone(),
-                               targets_in=view_in[first + 1:].clone(), targets_out=view_out[first + 1:].clone(),
-                               uncond_in=view_in[:first].clone(), uncond_out=view_out[:first].clone()))
-        return out
 
 
 def run_checked(model, record, targets, config):

@@ -24,6 +24,7 @@ from inversion.ddim import ddim_inversion
 from inversion.invert import InversionConfig, invert, reconstruct, source_conditioning
 from inversion.null_text import NullTextConfig
 from inversion.record import Inversion, source_anchors
+from helpers import Checked
 from sdxl_tiny import TEXT_DIM, save_tiny_sdxl_folder, tiny_sdxl_components, tiny_sdxl_model
 
 STEPS = 10
@@ -185,23 +186,6 @@ def p2p_record(model, session_photos):
                   InversionConfig(method="negative-prompt", steps=P2P_STEPS), disable=True)[0]
 
 
-class Checked(PromptToPrompt):
-    """Keeps, for every hooked call, the edited maps next to the source's (as tests/test_p2p.py)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def edit(self, probs, *, is_cross, place, step, heads):
-        out = super().edit(probs, is_cross=is_cross, place=place, step=step, heads=heads)
-        batch = probs.shape[0] // heads
-        view_in, view_out = probs.view(batch, heads, *probs.shape[1:]), out.view(batch, heads, *out.shape[1:])
-        first = batch - self.n_prompts
-        self.calls.append(dict(is_cross=is_cross, base=view_in[first].clone(), out=view_out[first + 1].clone(),
-                               uncond_in=view_in[:first].clone(), uncond_out=view_out[:first].clone()))
-        return out
-
-
 def test_identical_prompts_edit_equals_reconstruction(model, p2p_record):
     result = edit_p2p(model, p2p_record, [p2p_record.prompt], P2PConfig(edit="replace"), disable=True)
     assert np.array_equal(result.edits[0], result.reconstruction)
@@ -221,7 +205,7 @@ def test_full_injection_makes_target_maps_the_mapped_source_maps_at_every_layer(
     mapper = controller.mapper[0]
     for call in controller.calls:
         expected = call["base"] @ mapper if call["is_cross"] else call["base"]
-        torch.testing.assert_close(call["out"], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(call["targets_out"][0], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(call["uncond_out"], call["uncond_in"])
     assert {c["base"].shape[1] for c in controller.calls} == {8 * 8, 4 * 4}  # both attention resolutions
 
