@@ -19,6 +19,10 @@ retraining (issue: a default model that edits as well as it draws).
   around its defaults: per kind of edit, the share of the truly changed latent cells it covers, its
   intersection over union with them, and its share of the image (a mask must cover the change first: P2P keeps
   the source outside it);
+- caption: how much the UNet's noise prediction uses the caption: its error on each scene's latent noised to
+  t = 200 / 500 / 800 (one seeded draw per scene and t), given the scene's own caption, another scene's and the
+  empty prompt. A model that draws its captions pays for a wrong one at every noise level; one that ignores
+  them (early in training) predicts as well without them. Cheap: no sampling, three UNet calls per scene and t;
 - caption dropout: the share of training steps that saw the empty prompt (the null branch every edit's
   guidance leans on), from the recipe.
 
@@ -56,7 +60,10 @@ from inversion.record import METHODS as INVERSIONS
 from toyworld.checker import check, read_scene
 from toyworld.world import BACKGROUNDS, COLOURS, SHAPES, random_scene, shape_coverage
 
-PARTS = ("coverage", "vae", "attention", "identity", "mask")
+PARTS = ("coverage", "vae", "attention", "identity", "mask", "caption")
+# the caption part's noise levels, of the 1000-step schedule: little, half and mostly noise
+CAPTION_TIMESTEPS = (200, 500, 800)
+CAPTION_BATCH = 32  # scenes per UNet call in the caption part
 MASK_STRENGTHS = (0.2, MASK_STRENGTH, 0.4)  # the mask part's grid, around --mask auto's defaults
 MASK_THRESHOLDS = (MASK_THRESHOLD, 0.2, 0.3, 0.5)  # 0.5: DiffEdit's own
 EXAMPLE_SCENES = 6  # rows of attention.png
@@ -241,6 +248,43 @@ def auto_masks(model, pairs: list[dict]) -> dict:
     return {"map_side": side, "defaults": {"strength": MASK_STRENGTH, "threshold": MASK_THRESHOLD}, "grid": rows}
 
 
+def other_captions(captions: list[str]) -> list[str]:
+    """For each caption, the next one in the list (cyclically) that differs from it: a wrong caption of the
+    same kind. Refused when every caption is the same."""
+    if len(set(captions)) < 2:
+        raise UserError("the caption part needs at least two scenes with different captions: raise --n")
+    n = len(captions)
+    return [next(captions[(i + k) % n] for k in range(1, n) if captions[(i + k) % n] != c)
+            for i, c in enumerate(captions)]
+
+
+@torch.no_grad()
+def caption_use(model, pairs: list[dict], seed: int = 0) -> dict:
+    """The UNet's prediction error (mean square, against the true epsilon or v) on each scene's noisy latent,
+    with its own caption, another scene's and the empty prompt, at each of CAPTION_TIMESTEPS; and what the
+    wrong and the empty caption cost, as a share of the own caption's error."""
+    images = np.stack([p["image"] for p in pairs])
+    own = [p["caption"] for p in pairs]
+    prompts = {"own": own, "other": other_captions(own), "empty": [""] * len(own)}
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for t in CAPTION_TIMESTEPS:
+        a = float(model.scheduler.alphas_cumprod[t])
+        errors = {name: [] for name in prompts}
+        for start in range(0, len(pairs), CAPTION_BATCH):
+            latents = model.encode_images(images[start:start + CAPTION_BATCH])
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            noisy = a ** 0.5 * latents + (1 - a) ** 0.5 * noise
+            target = noise if model.prediction_type == "epsilon" else a ** 0.5 * noise - (1 - a) ** 0.5 * latents
+            for name, texts in prompts.items():
+                out = model.unet_output(noisy, t, model.encode_prompts(texts[start:start + CAPTION_BATCH]))
+                errors[name] += ((out - target) ** 2).mean(dim=(1, 2, 3)).cpu().tolist()
+        mse = {name: float(np.mean(v)) for name, v in errors.items()}
+        rows.append({"t": t, **{f"{name}_mse": v for name, v in mse.items()},
+                     "other_cost": mse["other"] / mse["own"] - 1, "empty_cost": mse["empty"] / mse["own"] - 1})
+    return {"seed": seed, "rows": rows}
+
+
 def markdown(report: dict) -> str:
     lines = ["# Editability of the model", "", f"model `{report['model']}` ({report['fingerprint']}), {report['date']}"]
     if "coverage" in report:
@@ -287,6 +331,14 @@ def markdown(report: dict) -> str:
             default = " (default)" if (row["strength"], row["threshold"]) == tuple(m["defaults"].values()) else ""
             cells = [f"{k['covered']:.2f} / {k['iou']:.2f} / {k['share']:.2f}" for k in row["by_kind"].values()]
             lines.append(f"| {row['strength']:g} | {row['threshold']:g}{default} | " + " | ".join(cells) + " |")
+    if "caption" in report:
+        lines += ["", "## How much the noise prediction uses the caption (mean square error; cost = more error "
+                      "than with the scene's own caption)", "",
+                  "| t | own caption | another scene's | empty prompt | another's costs | empty costs |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["caption"]["rows"]:
+            lines.append(f"| {r['t']} | {r['own_mse']:.4f} | {r['other_mse']:.4f} | {r['empty_mse']:.4f} | "
+                         f"{r['other_cost']:+.0%} | {r['empty_cost']:+.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -319,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                                             args.quiet)
     if "mask" in parts:
         report["mask"] = auto_masks(model, pairs)
+    if "caption" in parts:
+        report["caption"] = caption_use(model, pairs)
     write_json(out / "editability.json", report)
     text = markdown(report)
     atomic_write(out / "editability.md", text)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
-from benchmarks.editability import coverage, main, training_recipe, word_position
+from benchmarks.editability import caption_use, coverage, main, other_captions, training_recipe, word_position
 from editing.cli import run_main
 from editing.core.errors import UserError
+from editing.core.loading import load_model
 from editing.core.model import build_tiny_model
 
 
@@ -92,3 +95,33 @@ def test_an_edit_to_its_own_caption_is_the_reconstruction_under_null_text_and_dr
     assert all(r["edit_psnr_vs_reconstruction_db"] < 60 for r in direct["per_scene"])  # the edit branch runs free
     assert 0.0 <= direct["edit_layout_kept"] <= 1.0 and direct["edit_shift_px_max"] >= direct["edit_shift_px_median"]
     assert "An edit that changes no word (direct" in (tmp_path / "direct" / "editability.md").read_text()
+
+
+def test_the_caption_part_finds_the_default_model_reading_its_captions_and_a_blind_one_not(tmp_path):
+    """The default model draws its captions: a wrong one costs it several times the error at every noise level.
+    A model whose UNet never looks at the caption (its cross-attention output zeroed) pays nothing."""
+    code = run_main(main, ["--parts", "caption", "--n", "8", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "editability.json").read_text())["caption"]
+    assert [r["t"] for r in report["rows"]] == [200, 500, 800]
+    for row in report["rows"]:
+        assert row["other_cost"] > 1.0 and row["empty_cost"] > 0.1
+        assert row["own_mse"] < row["empty_mse"] < row["other_mse"]
+    assert "another's costs" in (tmp_path / "editability.md").read_text()
+
+    model = load_model("tiny-random", device="cpu")
+    for block in model.unet.modules():
+        if type(block).__name__ == "Attention" and block.is_cross_attention:
+            torch.nn.init.zeros_(block.to_out[0].weight)
+            torch.nn.init.zeros_(block.to_out[0].bias)
+    pairs = [{"image": np.full((model.resolution,) * 2 + (3,), 40 * i, np.uint8), "caption": c}
+             for i, c in enumerate(["a red circle on a gray background", "a blue square on a striped background"])]
+    blind = caption_use(model, pairs)
+    for row in blind["rows"]:
+        assert abs(row["other_cost"]) < 1e-5 and abs(row["empty_cost"]) < 1e-5
+
+
+def test_another_scene_s_caption_is_the_next_one_that_differs():
+    assert other_captions(["a", "a", "b", "c"]) == ["b", "b", "c", "a"]
+    with pytest.raises(UserError, match="raise --n"):
+        other_captions(["a", "a"])

@@ -325,6 +325,59 @@ def test_train_recipe_options_reach_the_config_and_the_training_set(tmp_path, ca
         assert bad[0] in capsys.readouterr().err
 
 
+def test_timestep_shift_moves_each_draw_to_a_quarter_of_its_snr_and_one_keeps_it():
+    import torch
+
+    from editing.core.model import ddim_scheduler
+    from toyworld import train
+
+    ab = ddim_scheduler().alphas_cumprod.float()
+    snr = ab / (1 - ab)
+    T = len(ab)
+    every = torch.arange(T)
+    assert torch.equal(train.timestep_table(ab, 1.0), every)  # no shift: every t is itself
+    table = train.timestep_table(ab, 4.0)
+    assert (table >= every).all() and (table[1:] >= table[:-1]).all()  # more noise, order kept
+    inside = table < T - 1  # where the schedule reaches SNR / 4: the first t at or below it, not one step later
+    assert inside[: T // 2].all() and not inside[-1]
+    ratio = snr[table[inside]] / snr[inside]
+    assert (ratio <= 0.25 + 1e-6).all() and (snr[table[inside] - 1] / snr[inside] > 0.25).all()
+    assert table[0] > 0 and table.float().mean() > 1.3 * every.float().mean()
+
+
+def test_text_encoder_from_starts_a_new_run_with_a_saved_model_s_text_encoder(tmp_path, capsys):
+    import torch
+    from transformers import CLIPTokenizer
+
+    from editing.core.loading import load_model
+    from editing.core.model import TOKENIZER_DIR
+    from toyworld import train
+
+    out = ["--out", str(tmp_path / "o")]
+    _, cfg = train.parse_args(out + ["--latent-size", "32", "--text-encoder-from", "toyworld/model",
+                                     "--timestep-shift", "4"])
+    assert cfg.text_encoder_from.endswith("toyworld/model") and cfg.timestep_shift == 4.0
+    assert cfg.to_json()["text_encoder_from"] == cfg.text_encoder_from  # what training.json records
+    _, text_encoder, _ = train.build_components(cfg, CLIPTokenizer.from_pretrained(TOKENIZER_DIR))
+    ids = train.tokenize(CLIPTokenizer.from_pretrained(TOKENIZER_DIR), ["a red circle on a gray background"])
+    random_out = text_encoder(ids)[0].detach()
+    train.load_text_encoder(text_encoder, cfg.text_encoder_from)
+    donor = load_model("toyworld/model", device="cpu", dtype="fp32").text_encoder
+    with torch.no_grad():
+        assert torch.allclose(text_encoder(ids)[0], donor(ids)[0], atol=1e-5)
+        assert not torch.allclose(text_encoder(ids)[0], random_out, atol=1e-3)
+    narrow = train.Config(text_hidden=32, text_heads=2)
+    _, narrow_encoder, _ = train.build_components(narrow, CLIPTokenizer.from_pretrained(TOKENIZER_DIR))
+    with pytest.raises(ValueError, match="does not fit"):
+        train.load_text_encoder(narrow_encoder, cfg.text_encoder_from)
+    for bad, said in ((["--text-encoder-from", str(tmp_path)], "no text_encoder/"),
+                      (["--text-encoder-from", "toyworld/model", "--init-from", "toyworld/model"], "from scratch"),
+                      (["--timestep-shift", "0.5"], ">= 1"), (["--timestep-shift", "nan"], ">= 1")):
+        with pytest.raises(SystemExit):
+            train.parse_args(out + bad)
+        assert said in capsys.readouterr().err
+
+
 def test_trainer_decays_only_matrices_and_uses_diffusers_schedule_and_ema():
     import torch
 

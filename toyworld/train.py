@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from editing.core.errors import UserError
 from editing.core.loading import load_model
 from editing.core.model import TOKENIZER_DIR, ddim_scheduler
 from editing.core.metrics import psnr, psnr_from_mse
@@ -105,6 +106,9 @@ class Config:
     # False: runs 1-4); a continuation of a model trained so keeps it
     local_words: bool = False
     min_snr_gamma: float = 5.0
+    # training timesteps: each uniform draw t is moved to the timestep whose SNR is SNR(t) / timestep_shift, so
+    # shift > 1 trains on more noise (larger latents keep more of an image at a given t; 1: uniform, runs 1-4)
+    timestep_shift: float = 1.0
     ema_decay: float = 0.999
     # a continuation's EMA warms up as from scratch instead of starting at the parent's weights: for a run that
     # changes what the parent computes (e.g. turns local_words on), whose old weights must not linger
@@ -115,6 +119,8 @@ class Config:
     eval_guidance: float = 7.5
     # continuation: the folder whose VAE, UNet and text encoder this run starts from (None: from scratch)
     init_from: str | None = None
+    # a run from scratch whose text encoder starts from this saved model folder's (None: random, runs 1-4)
+    text_encoder_from: str | None = None
     device: str = "cpu"  # where the networks train; only "cpu" with the same threads is bit-reproducible
 
     def to_json(self) -> dict:
@@ -292,6 +298,16 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     return ids[torch.tensor([row[t] for t in texts])]
 
 
+def timestep_table(alphas_cumprod: torch.Tensor, shift: float) -> torch.Tensor:
+    """(T,) long: for each timestep t, the first timestep whose SNR is at most SNR(t) / shift (the last one where
+    none is). Indexing it with uniform draws trains on the schedule's log-SNR moved down by log(shift), as
+    "simple diffusion" (Hoogeboom et al., 2023) does for larger images; shift 1 gives every t back."""
+    log_snr = (alphas_cumprod / (1 - alphas_cumprod)).log()  # falls with t
+    target = log_snr - float(np.log(shift))
+    table = torch.searchsorted(-log_snr.contiguous(), -target.contiguous())  # first index with log_snr <= target
+    return table.clamp(max=len(log_snr) - 1).long()
+
+
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool,
                checkpoint: UNetCheckpoint | None = None, vae=None,
@@ -313,6 +329,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     unet.train()
     text_encoder.train()
     T = len(alphas_cumprod)
+    shifted = timestep_table(alphas_cumprod, cfg.timestep_shift)
     networks = {"unet": unet, "text_encoder": text_encoder}
     start, smooth, smooth_attention = 0, None, None
     if checkpoint is not None and checkpoint.exists():
@@ -334,7 +351,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
             tok[paired] = twins[1][idx[paired]]
         tok[drop] = empty_ids
         tok = tok.to(device)
-        t = torch.randint(T, (cfg.unet_batch,), generator=gen).to(device)
+        t = shifted[torch.randint(T, (cfg.unet_batch,), generator=gen).to(device)]
         eps = torch.randn(z0.shape, generator=gen).to(device)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
@@ -526,6 +543,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from a saved model folder: its VAE (frozen, not retrained), UNet and text "
                         "encoder; --unet-steps more steps with a new warm-up + cosine")
+    p.add_argument("--text-encoder-from", default=None, metavar="DIR",
+                   help="a run from scratch whose text encoder starts from this saved model folder's (same width "
+                        "and depth), trained on with the new UNet: it already tells the world's words apart")
+    p.add_argument("--timestep-shift", type=float, default=d.timestep_shift, metavar="S",
+                   help="train on more noise: each drawn timestep moves to where the SNR is 1/S of its own "
+                        "(default %(default)s: uniform; ~4 suits 32x32 latents, 'simple diffusion')")
     p.add_argument("--checkpoint-every", type=int, default=DEFAULT_EVERY, metavar="STEPS",
                    help="save the UNet stage's state to OUT.checkpoint/ every STEPS steps; the same command "
                         "again continues from it (default %(default)s)")
@@ -541,6 +564,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     for name in ("two_shapes_prob", "turned_prob", "caption_dropout", "edit_pairs"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
+    if not 1.0 <= a.timestep_shift < float("inf"):
+        p.error(f"--timestep-shift must be a finite number >= 1 (1: no shift), got {a.timestep_shift}")
     if not 0.0 <= a.attention_loss < float("inf"):  # also refuses nan
         p.error(f"--attention-loss must be a finite weight >= 0, got {a.attention_loss}")
     if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
@@ -550,7 +575,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
                  attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, local_words=a.local_words,
-                 fresh_ema=a.fresh_ema, device=a.device)
+                 fresh_ema=a.fresh_ema, device=a.device, timestep_shift=a.timestep_shift)
     if a.latent_size is not None:
         if a.init_from is not None:
             p.error("--latent-size is for a run from scratch: a continuation keeps its parent's architecture")
@@ -558,6 +583,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
             p.error("--attention-loss reads the world's 16x16 region maps: it needs --latent-size 16")
         for key, value in LATENT_SIZES[a.latent_size].items():
             setattr(cfg, key, value)
+    if a.text_encoder_from is not None:
+        if a.init_from is not None:
+            p.error("--text-encoder-from is for a run from scratch: a continuation loads its parent's text encoder")
+        if not (Path(a.text_encoder_from) / "text_encoder").is_dir():
+            p.error(f"--text-encoder-from {a.text_encoder_from}: not a saved model folder (no text_encoder/)")
+        cfg.text_encoder_from = str(Path(a.text_encoder_from).resolve())
     if a.fresh_ema and a.init_from is None:
         p.error("--fresh-ema is for a continuation (--init-from); a run from scratch always warms its EMA up")
     if a.init_from is not None:
@@ -600,6 +631,20 @@ def load_parent(cfg: Config):
     return vae, text_encoder, unet, parent
 
 
+def load_text_encoder(text_encoder, folder: str) -> None:
+    """--text-encoder-from: the folder's text encoder weights into the freshly built one (fp32). A folder whose
+    text encoder has another width, depth or vocabulary is refused with the difference named."""
+    from transformers import CLIPTextModel
+
+    donor = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True).float()
+    ours, theirs = text_encoder.state_dict(), donor.state_dict()
+    wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if wrong:
+        raise UserError(f"--text-encoder-from {folder}: its text encoder does not fit this run's "
+                        f"(first mismatch: {wrong[0]}); give a model trained with the same --text-* sizes")
+    text_encoder.load_state_dict(theirs, strict=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     from transformers import CLIPTokenizer
@@ -637,6 +682,13 @@ def main(argv: list[str] | None = None) -> int:
     parent = None
     if cfg.init_from is None:
         vae, text_encoder, unet = build_components(cfg, tokenizer)
+        if cfg.text_encoder_from is not None:
+            try:
+                load_text_encoder(text_encoder, cfg.text_encoder_from)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"text encoder from {cfg.text_encoder_from}", flush=True)
     else:
         vae, text_encoder, unet, parent = load_parent(cfg)
         print(f"init from {cfg.init_from}: steps so far {parent['total_steps']}; "
