@@ -266,18 +266,21 @@ def caption_use(model, pairs: list[dict], seed: int = 0) -> dict:
     images = np.stack([p["image"] for p in pairs])
     own = [p["caption"] for p in pairs]
     prompts = {"own": own, "other": other_captions(own), "empty": [""] * len(own)}
+    # each batch's latents and its three conditionings, encoded once for every t
+    batches = [(model.encode_images(images[start:start + CAPTION_BATCH]),
+                {name: model.encode_prompts(texts[start:start + CAPTION_BATCH]) for name, texts in prompts.items()})
+               for start in range(0, len(pairs), CAPTION_BATCH)]
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for t in CAPTION_TIMESTEPS:
         a = float(model.scheduler.alphas_cumprod[t])
         errors = {name: [] for name in prompts}
-        for start in range(0, len(pairs), CAPTION_BATCH):
-            latents = model.encode_images(images[start:start + CAPTION_BATCH])
+        for latents, conds in batches:
             noise = torch.randn(latents.shape, generator=generator).to(latents.device)
             noisy = a ** 0.5 * latents + (1 - a) ** 0.5 * noise
             target = noise if model.prediction_type == "epsilon" else a ** 0.5 * noise - (1 - a) ** 0.5 * latents
-            for name, texts in prompts.items():
-                out = model.unet_output(noisy, t, model.encode_prompts(texts[start:start + CAPTION_BATCH]))
+            for name, cond in conds.items():
+                out = model.unet_output(noisy, t, cond)
                 errors[name] += ((out - target) ** 2).mean(dim=(1, 2, 3)).cpu().tolist()
         mse = {name: float(np.mean(v)) for name, v in errors.items()}
         rows.append({"t": t, **{f"{name}_mse": v for name, v in mse.items()},

@@ -641,7 +641,8 @@ def load_text_encoder(text_encoder, folder: str) -> None:
     wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
     if wrong:
         raise UserError(f"--text-encoder-from {folder}: its text encoder does not fit this run's "
-                        f"(first mismatch: {wrong[0]}); give a model trained with the same --text-* sizes")
+                        f"(first mismatch: {wrong[0]}); give a model whose training.json has this run's "
+                        f"text_hidden, text_layers and text_heads")
     text_encoder.load_state_dict(theirs, strict=False)
 
 
