@@ -569,8 +569,12 @@ def test_a_killed_unet_stage_goes_on_from_its_checkpoint_bit_for_bit(tmp_path):
     assert stats["resumed_at_step"] == 2
     resumed = _weights(unet, text_encoder)
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
-    with pytest.raises(ValueError, match="another training recipe"):
+    with pytest.raises(ValueError, match=rf"another training recipe \(unet_lr {cfg.unet_lr} there, 0.5 here\)"):
         UNetCheckpoint(folder, {**cfg.to_json(), "unet_lr": 0.5}).state()
+    # how the steps are computed may change (more threads, a GPU); the checkpoint is taken and the change named
+    faster = UNetCheckpoint(folder, {**cfg.to_json(), "threads": cfg.threads + 1, "device": "cuda"})
+    assert faster.state()["step"] == 2 and checkpoint.changed_settings() == {}
+    assert faster.changed_settings() == {"threads": (cfg.threads, cfg.threads + 1), "device": (cfg.device, "cuda")}
     assert not checkpoint.due(4, 4) and checkpoint.due(2, 4) and not checkpoint.due(3, 4)
     assert sorted(f.name for f in folder.iterdir()) == ["state.json", "step-000002"]  # a later save replaces it
 
@@ -643,7 +647,7 @@ def test_the_training_command_killed_and_run_again_saves_the_uninterrupted_model
     assert state.is_file() and not out.exists(), "the run should have died mid-way, after a checkpoint"
     other = [a if a != "60" else "80" for a in args]  # another recipe (more steps: another schedule)
     assert train.main(["--out", str(out), *other]) == 2 and state.is_file()  # refused, the checkpoint kept
-    assert "another training recipe" in capsys.readouterr().err
+    assert "another training recipe (unet_steps 60 there, 80 here)" in capsys.readouterr().err
     assert train.main(["--out", str(out), *args]) == 0
     report = json.loads((out / "training.json").read_text())
     assert report["final_losses"]["unet"]["resumed_at_step"] >= 2

@@ -8,8 +8,11 @@ learning-rate schedule's position, the sample generator's state and the step rea
 safetensors files under `step-NNNNNN/`, everything else in state.json (no pickle), which names that folder and
 is replaced atomically once the folder is complete: whenever the process dies, state.json names a whole
 checkpoint. Running the same command again loads it and continues from that step; the weights at the end are
-then the same bits as those of an uninterrupted run (`tests/test_toyworld.py` checks it). The folder is
-removed when the model is saved. A checkpoint written by another recipe is refused, never silently mixed in.
+then the same bits as those of an uninterrupted run with the same thread count and device
+(`tests/test_toyworld.py` checks it). The folder is removed when the model is saved. A checkpoint written by
+another recipe is refused, never silently mixed in; the thread count and the device are how a run computes, not
+what it learns, so a run may go on with more threads or on a GPU (its weights then differ from an
+uninterrupted run's by rounding only).
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from safetensors.torch import load_file, save_file
 
 DEFAULT_EVERY = 250  # UNet steps between checkpoints: ~8 min on 2 CPU threads; a save takes ~1 s
 FORMAT = 1
+# recipe fields a continuation may change: they decide how fast the steps run, not which steps are taken (every
+# sample is drawn from a CPU generator, so the same batches come on any device)
+HOW_NOT_WHAT = ("threads", "device")
 
 
 class UNetCheckpoint:
@@ -39,10 +45,20 @@ class UNetCheckpoint:
     def state(self) -> dict:
         """state.json, checked against this run's recipe."""
         state = json.loads((self.folder / "state.json").read_text())
-        if state.get("format") != FORMAT or state.get("recipe") != self.recipe:
-            raise ValueError(f"{self.folder} holds a checkpoint of another training recipe: continue it with "
-                             "the command that wrote it, or remove the folder to start afresh")
+        saved = state.get("recipe") or {}
+        differ = [k for k in sorted(set(saved) | set(self.recipe))
+                  if k not in HOW_NOT_WHAT and saved.get(k) != self.recipe.get(k)]
+        if state.get("format") != FORMAT or differ:
+            shown = "; ".join(f"{k} {saved.get(k)!r} there, {self.recipe.get(k)!r} here" for k in differ[:4])
+            raise ValueError(f"{self.folder} holds a checkpoint of another training recipe"
+                             f"{f' ({shown})' if shown else ''}: continue it with the command that wrote it, "
+                             "or remove the folder to start afresh")
         return state
+
+    def changed_settings(self) -> dict:
+        """{field: (checkpoint's, this run's)} for the HOW_NOT_WHAT fields this continuation changes."""
+        saved = self.state()["recipe"]
+        return {k: (saved.get(k), self.recipe.get(k)) for k in HOW_NOT_WHAT if saved.get(k) != self.recipe.get(k)}
 
     def due(self, step: int, total: int) -> bool:
         """Save after `step` steps? (not after the last one: the model itself is saved then)"""

@@ -28,7 +28,7 @@ loaded weights). `training.json` records the parent's command, steps and figures
 
 A killed run: every `--checkpoint-every` UNet steps the stage's whole state is saved to `OUT.checkpoint/`
 (toyworld/checkpoint.py); the same command again continues from it and ends with the same weights, bit for
-bit, as a run that was never stopped.
+bit, as a run that was never stopped (`--threads` and `--device` may change, at the cost of rounding).
 """
 from __future__ import annotations
 
@@ -656,10 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     resuming = checkpoint.exists()
     if resuming:
         try:
-            checkpoint.state()
+            changed = checkpoint.changed_settings()
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        for field, (was, now) in changed.items():
+            print(f"note: the checkpoint was written with {field} {was}, this run uses {now}: the weights will "
+                  "differ from an uninterrupted run's by rounding", flush=True)
     disable = args.quiet
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # tiny Adam/EMA values must not slow the CPU down late in training
