@@ -45,11 +45,9 @@ class UNetCheckpoint:
     def state(self) -> dict:
         """state.json, checked against this run's recipe."""
         state = json.loads((self.folder / "state.json").read_text())
-        saved = state.get("recipe") or {}
-        differ = [k for k in sorted(set(saved) | set(self.recipe))
-                  if k not in HOW_NOT_WHAT and saved.get(k) != self.recipe.get(k)]
+        differ = [(k, was, now) for k, (was, now) in self._differences(state).items() if k not in HOW_NOT_WHAT]
         if state.get("format") != FORMAT or differ:
-            shown = "; ".join(f"{k} {saved.get(k)!r} there, {self.recipe.get(k)!r} here" for k in differ[:4])
+            shown = "; ".join(f"{k} {was!r} there, {now!r} here" for k, was, now in differ[:4])
             raise ValueError(f"{self.folder} holds a checkpoint of another training recipe"
                              f"{f' ({shown})' if shown else ''}: continue it with the command that wrote it, "
                              "or remove the folder to start afresh")
@@ -57,8 +55,13 @@ class UNetCheckpoint:
 
     def changed_settings(self) -> dict:
         """{field: (checkpoint's, this run's)} for the HOW_NOT_WHAT fields this continuation changes."""
-        saved = self.state()["recipe"]
-        return {k: (saved.get(k), self.recipe.get(k)) for k in HOW_NOT_WHAT if saved.get(k) != self.recipe.get(k)}
+        return {k: v for k, v in self._differences(self.state()).items() if k in HOW_NOT_WHAT}
+
+    def _differences(self, state: dict) -> dict:
+        """{field: (checkpoint's, this run's)} for every recipe field the two disagree on, in name order."""
+        saved = state.get("recipe") or {}
+        return {k: (saved.get(k), self.recipe.get(k)) for k in sorted(set(saved) | set(self.recipe))
+                if saved.get(k) != self.recipe.get(k)}
 
     def due(self, step: int, total: int) -> bool:
         """Save after `step` steps? (not after the last one: the model itself is saved then)"""
