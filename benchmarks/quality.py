@@ -349,8 +349,24 @@ def model_provenance(spec: str | None) -> dict | None:
     shown = "toyworld/model/training.json" if record == DEFAULT_MODEL_DIR / "training.json" else record
     training = json.loads(record.read_text())
     return {"training_record": str(shown), "command": training.get("command"),
+            "exported_from": training.get("exported_from"), "checkpoint_step": training.get("checkpoint_step"),
             "steps": training.get("steps"), "attribute_accuracy": training.get("attribute_accuracy"),
             "vae_psnr_db_heldout": training.get("vae_psnr_db_heldout")}
+
+
+def provenance_line(t: dict) -> str:
+    """One line on where the model comes from and how well it draws, from model_provenance's record: a
+    finished run's command and held-out accuracy, or a checkpoint's export, whose record has no accuracy."""
+    if t.get("exported_from"):
+        origin = f"exported from `{t['exported_from']}` at UNet step {t['checkpoint_step']}"
+    else:
+        origin = f"trained by `{t['command']}`"
+    acc = t.get("attribute_accuracy")
+    if not acc:
+        return (f"model: {t['training_record']}, {origin}; its text-to-image accuracy is not in the record "
+                f"(`python -m toyworld.score MODEL` measures it)")
+    read = ", ".join(f"{k} {acc[k]:.2f}" for k in ("background", "colour", "shape") if k in acc)
+    return f"model: {t['training_record']}, {origin}; text-to-image attribute accuracy {acc['all']:.2f} ({read})"
 
 
 def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] | None) -> str:
@@ -360,11 +376,7 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
              f"{header['p2p']['cross_replace']} / {header['p2p']['self_replace']}, device {header['device']}, "
              f"{header['date']}"]
     if header.get("training"):
-        t = header["training"]
-        acc = t["attribute_accuracy"] or {}
-        read = ", ".join(f"{k} {acc[k]:.2f}" for k in ("background", "colour", "shape") if k in acc)
-        lines += ["", f"model: {t['training_record']}, trained by `{t['command']}`; text-to-image "
-                      f"attribute accuracy {acc.get('all', float('nan')):.2f} ({read})"]
+        lines += ["", provenance_line(header["training"])]
     if reconstruction is not None:
         photos = list(reconstruction[0]["per_photo"])
         lines += ["", f"## Reconstruction ({len(photos)} photos at {header['resolution']} px)", "",

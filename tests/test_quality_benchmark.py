@@ -436,3 +436,26 @@ def test_training_record_is_the_default_s_a_folder_s_or_none(tmp_path):
     (tmp_path / "training.json").write_text(json.dumps({"command": "python -m toyworld.train --seed 5"}))
     assert model_provenance(str(tmp_path))["command"] == "python -m toyworld.train --seed 5"
     assert model_provenance(str(tmp_path / "missing")) is None  # neither a folder nor a name: no record
+
+
+def test_the_report_says_where_the_model_comes_from_and_how_well_it_draws(tmp_path):
+    from benchmarks.quality import model_provenance, provenance_line
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "training.json").write_text(json.dumps({
+        "command": "python -m toyworld.train --seed 5",
+        "attribute_accuracy": {"background": 1.0, "colour": 0.99, "shape": 0.98, "all": 0.97}}))
+    line = provenance_line(model_provenance(str(trained)))
+    assert "trained by `python -m toyworld.train --seed 5`" in line
+    assert "accuracy 0.97 (background 1.00, colour 0.99, shape 0.98)" in line
+
+    # a checkpoint's export (toyworld.export) has no command and no accuracy: say so, not "None" and "nan"
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "training.json").write_text(json.dumps({"exported_from": "runs/x/model.checkpoint",
+                                                        "checkpoint_step": 1700}))
+    line = provenance_line(model_provenance(str(exported)))
+    assert "exported from `runs/x/model.checkpoint` at UNet step 1700" in line
+    assert "not in the record" in line and "toyworld.score" in line
+    assert "None" not in line and "nan" not in line
