@@ -357,6 +357,8 @@ def test_text_encoder_from_starts_a_new_run_with_a_saved_model_s_text_encoder(tm
     _, cfg = train.parse_args(out + ["--latent-size", "32", "--text-encoder-from", "toyworld/model",
                                      "--timestep-shift", "4"])
     assert cfg.text_encoder_from.endswith("toyworld/model") and cfg.timestep_shift == 4.0
+    assert cfg.unet_lr == train.Config().unet_lr  # the default, and the option sets it
+    assert train.parse_args(out + ["--unet-lr", "2e-3"])[1].unet_lr == 2e-3
     assert cfg.to_json()["text_encoder_from"] == cfg.text_encoder_from  # what training.json records
     _, text_encoder, _ = train.build_components(cfg, CLIPTokenizer.from_pretrained(TOKENIZER_DIR))
     ids = train.tokenize(CLIPTokenizer.from_pretrained(TOKENIZER_DIR), ["a red circle on a gray background"])
@@ -372,7 +374,8 @@ def test_text_encoder_from_starts_a_new_run_with_a_saved_model_s_text_encoder(tm
         train.load_text_encoder(narrow_encoder, cfg.text_encoder_from)
     for bad, said in ((["--text-encoder-from", str(tmp_path)], "no text_encoder/"),
                       (["--text-encoder-from", "toyworld/model", "--init-from", "toyworld/model"], "from scratch"),
-                      (["--timestep-shift", "0.5"], ">= 1"), (["--timestep-shift", "nan"], ">= 1")):
+                      (["--timestep-shift", "0.5"], ">= 1"), (["--timestep-shift", "nan"], ">= 1"),
+                      (["--unet-lr", "0"], "between 0 and 1"), (["--unet-lr", "nan"], "between 0 and 1")):
         with pytest.raises(SystemExit):
             train.parse_args(out + bad)
         assert said in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Train several recipes side by side on one GPU inside a fixed time, each to the steps that fit.
+"""Train one or more recipes on a GPU inside a fixed time, each to the UNet steps that fit.
 
     python -m toyworld.sweep --out /tmp/sweep --seconds 480 --device cuda \\
         --run a="--seed 5 --latent-size 32 --unet-batch 256" --run b="--seed 5 --latent-size 32 --unet-batch 512"
@@ -12,6 +12,10 @@ GPU as they will): each run renders a few scenes and takes a few VAE and UNet tr
 reproduces it. A run still going at the deadline is stopped and its last checkpoint exported
 (`toyworld.export`), so the time ends with a model either way. `--pack DIR` writes each model, without its
 tokenizer (the project's own, in every model), as one DIR/NAME.tar to carry back.
+
+Several runs share the GPU by taking turns, and with these small networks that costs more than it saves: on an
+H200 three runs side by side did 0.8 times the work of one run at a time (toyworld/TRAINING.md, "On a lent
+GPU"). Give one run for the most steps; several only to compare recipes under equal conditions.
 """
 from __future__ import annotations
 

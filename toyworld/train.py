@@ -514,6 +514,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--vae-batch", type=int, default=d.vae_batch)
     p.add_argument("--unet-steps", type=int, default=d.unet_steps)
     p.add_argument("--unet-batch", type=int, default=d.unet_batch)
+    p.add_argument("--unet-lr", type=float, default=d.unet_lr,
+                   help="peak learning rate of the UNet and text encoder (default %(default)s, chosen at batch 64; "
+                        "a larger --unet-batch may take a larger one)")
     p.add_argument("--n-eval", type=int, default=d.n_eval, help="held-out captions for the attribute accuracy")
     p.add_argument("--n-eval-vae", type=int, default=d.n_eval_vae, help="held-out renders for the VAE PSNR")
     p.add_argument("--two-shapes-prob", type=float, default=d.two_shapes_prob,
@@ -566,6 +569,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
     if not 1.0 <= a.timestep_shift < float("inf"):
         p.error(f"--timestep-shift must be a finite number >= 1 (1: no shift), got {a.timestep_shift}")
+    if not 0.0 < a.unet_lr < 1.0:  # also refuses nan
+        p.error(f"--unet-lr must be a learning rate between 0 and 1, got {a.unet_lr}")
     if not 0.0 <= a.attention_loss < float("inf"):  # also refuses nan
         p.error(f"--attention-loss must be a finite weight >= 0, got {a.attention_loss}")
     if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
@@ -575,7 +580,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
                  attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, local_words=a.local_words,
-                 fresh_ema=a.fresh_ema, device=a.device, timestep_shift=a.timestep_shift)
+                 fresh_ema=a.fresh_ema, device=a.device, timestep_shift=a.timestep_shift, unet_lr=a.unet_lr)
     if a.latent_size is not None:
         if a.init_from is not None:
             p.error("--latent-size is for a run from scratch: a continuation keeps its parent's architecture")
