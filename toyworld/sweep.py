@@ -40,11 +40,12 @@ SAFETY = 0.85  # share of the measured budget given to UNet steps: rates drift w
 CHECKPOINT_EVERY = 200  # UNet steps between checkpoints: what a run stopped at the deadline keeps
 
 
-def fitted_steps(budget_s: float, n_train: int, vae_steps: int, rates: dict, round_to: int = 100) -> int:
+def fitted_steps(budget_s: float, n_train: int, vae_steps: int, rates: dict, round_to: int = 100,
+                 safety: float = SAFETY) -> int:
     """UNet steps that fit in budget_s after rendering, the VAE and the fixed costs, at the measured rates
     (seconds per scene, per VAE step, per UNet step); 0 when nothing fits."""
     left = budget_s - FIXED_SECONDS - n_train * rates["render_s"] - vae_steps * rates["vae_step_s"]
-    steps = int(SAFETY * max(left, 0.0) / rates["unet_step_s"])
+    steps = int(safety * max(left, 0.0) / rates["unet_step_s"])
     return steps // round_to * round_to
 
 
@@ -55,11 +56,11 @@ def probe(train_args: list[str]) -> dict:
     from transformers import CLIPTokenizer
 
     from editing.core.model import TOKENIZER_DIR, ddim_scheduler
-    from toyworld.train import (EMPTY_PROMPT, build_components, parse_args, render_set, tokenize, train_unet,
-                                train_vae, vae_factor)
+    from toyworld.train import (EMPTY_PROMPT, build_components, configure_torch, parse_args, render_set, tokenize,
+                                train_unet, train_vae, vae_factor)
 
     _, cfg = parse_args(train_args + ["--out", "/nonexistent/probe"])
-    torch.set_num_threads(cfg.threads)
+    configure_torch(cfg)
     t = time.perf_counter()
     data = render_set(cfg.seed, PROBE_SCENES, cfg.two_shapes_prob, "", True, cfg.turned_prob)
     render_s = (time.perf_counter() - t) / PROBE_SCENES
@@ -104,6 +105,13 @@ def run_args(spec: str) -> tuple[str, list[str]]:
     return name, shlex.split(args)
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a share of the time, above 0 and at most 1")
+    return value
+
+
 def option(args: list[str], name: str, default: int) -> int:
     return int(args[args.index(name) + 1]) if name in args else default
 
@@ -137,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="wall time from now until every model is saved")
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=4, help="CPU threads per run")
+    p.add_argument("--safety", type=share, default=SAFETY, metavar="SHARE",
+                   help="share of the time left after the fixed costs given to UNet steps (default %(default)s; "
+                        "one run alone drifts less than several side by side)")
     p.add_argument("--pack", default=None, metavar="DIR", help="write DIR/NAME.tar per model (no tokenizer)")
     # internal: one run's rates as a JSON line, its toyworld.train options given as a JSON list
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     common = ["--device", a.device, "--threads", str(a.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONUNBUFFERED": "1"}
-    record = {"seconds": a.seconds, "device": a.device, "runs": {}}
+    record = {"seconds": a.seconds, "device": a.device, "safety": a.safety, "runs": {}}
 
     # 1. rates, all runs measured at once
     probes = {name: subprocess.Popen([sys.executable, "-m", "toyworld.sweep", "--out", str(out),
@@ -171,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = a.seconds - (time.monotonic() - t0)
     for name, args in a.run:
         rates = record["runs"][name]["rates"]
-        steps = fitted_steps(budget, option(args, "--n-train", 30_000), option(args, "--vae-steps", 1500), rates)
+        steps = fitted_steps(budget, option(args, "--n-train", 30_000), option(args, "--vae-steps", 1500), rates,
+                             safety=a.safety)
         if steps == 0:
             print(f"error: run {name}: no UNet steps fit in the {budget:.0f} s left at {rates}", file=sys.stderr)
             return 2

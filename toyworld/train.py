@@ -308,6 +308,25 @@ def timestep_table(alphas_cumprod: torch.Tensor, shift: float) -> torch.Tensor:
     return table.clamp(max=len(log_snr) - 1).long()
 
 
+SHOW_EVERY = 25  # on a GPU, read the loss back every this many steps: each read waits for the queued work
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x (drawn on the CPU) on device; to a GPU through pinned memory without waiting, so the CPU draws the next
+    batch while the GPU trains on this one (a plain copy from pageable memory waits for the GPU)."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def plain_mean(per_sample: torch.Tensor, paired: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The mean loss over the rows that are not edit pairs (all rows when every row is one), on the device."""
+    if not (~paired).any() or not paired.any():
+        return per_sample.mean()
+    plain = to_device((~paired).float(), device)
+    return (per_sample * plain).sum() / plain.sum()
+
+
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                noise_scheduler, cfg: Config, gen: torch.Generator, disable: bool,
                checkpoint: UNetCheckpoint | None = None, vae=None,
@@ -326,6 +345,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     ema = make_ema(params, cfg.ema_decay, warmup=cfg.init_from is None or cfg.fresh_ema)
     device = latents.device
     alphas_cumprod = noise_scheduler.alphas_cumprod.float().to(device)
+    snr_table = compute_snr(noise_scheduler, torch.arange(len(alphas_cumprod))).to(device)  # once, not per step
     unet.train()
     text_encoder.train()
     T = len(alphas_cumprod)
@@ -336,12 +356,14 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         state = checkpoint.restore(networks, opt, sched, ema, gen)
         start, smooth, smooth_attention = state["step"], state["smooth"], state.get("smooth_attention")
         print(f"unet: continuing from the checkpoint at step {start} ({checkpoint.folder})", flush=True)
+    smooth = None if smooth is None else torch.tensor(smooth, device=device)  # on the device: no sync per step
     bar = tqdm(range(start, cfg.unet_steps), initial=start, total=cfg.unet_steps, desc="unet", disable=disable,
                **_bar())
     for step in bar:
         # every draw comes from the CPU generator, so a run's samples do not depend on the device
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
-        z0 = latents[idx.to(device)]  # (B, 4, 16, 16), scaled
+        on_device = to_device(idx, device)
+        z0 = latents[on_device]  # (B, 4, 16, 16), scaled
         tok = ids[idx].clone()  # (B, 77)
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
         paired = torch.zeros(cfg.unet_batch, dtype=torch.bool)
@@ -350,9 +372,9 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
             drop &= ~paired
             tok[paired] = twins[1][idx[paired]]
         tok[drop] = empty_ids
-        tok = tok.to(device)
-        t = shifted[torch.randint(T, (cfg.unet_batch,), generator=gen).to(device)]
-        eps = torch.randn(z0.shape, generator=gen).to(device)
+        tok = to_device(tok, device)
+        t = shifted[to_device(torch.randint(T, (cfg.unet_batch,), generator=gen), device)]
+        eps = to_device(torch.randn(z0.shape, generator=gen), device)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
         cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
@@ -362,14 +384,12 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
                                           (~drop & ~paired).to(device))  # a twin's caption has other words
         else:
             pred = unet(zt, t, encoder_hidden_states=cond).sample
-        snr = compute_snr(noise_scheduler, t)
+        snr = snr_table[t]
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         target = eps
-        paired_here = paired.to(device)
-        plain = ~paired_here
         if paired.any():
-            target = torch.where(paired_here.view(-1, 1, 1, 1),
-                                 pair_target(eps, z0, twins[0][idx.to(device)], ab), eps)
+            target = torch.where(to_device(paired, device).view(-1, 1, 1, 1),
+                                 pair_target(eps, z0, twins[0][on_device], ab), eps)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (weight * per_sample).mean()
         if cfg.attention_loss > 0:
@@ -382,17 +402,19 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         opt.step()
         sched.step()
         ema.step(params)
-        raw = (per_sample[plain] if plain.any() else per_sample).mean().item()
+        raw = plain_mean(per_sample.detach(), paired, device)
         smooth = raw if smooth is None else 0.98 * smooth + 0.02 * raw
-        shown = {"mse": f"{smooth:.4f}", **({"where": f"{smooth_attention:.3f}"} if smooth_attention is not None else {})}
-        bar.set_postfix(**shown, lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
+        if device.type == "cpu" or (step + 1) % SHOW_EVERY == 0:  # a value shown waits for the GPU
+            shown = {"mse": f"{smooth.item():.4f}",
+                     **({"where": f"{smooth_attention:.3f}"} if smooth_attention is not None else {})}
+            bar.set_postfix(**shown, lr=f"{sched.get_last_lr()[0]:.1e}", refresh=False)
         if checkpoint is not None and checkpoint.due(step + 1, cfg.unet_steps):
             checkpoint.save(step + 1, vae, networks, opt, sched, ema, gen,
-                            {"smooth": smooth, "smooth_attention": smooth_attention})
+                            {"smooth": smooth.item(), "smooth_attention": smooth_attention})
     ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
-    return {"eps_mse": smooth, "resumed_at_step": start,
+    return {"eps_mse": None if smooth is None else smooth.item(), "resumed_at_step": start,
             **({"attention_loss": smooth_attention} if cfg.attention_loss > 0 else {})}
 
 
@@ -651,6 +673,14 @@ def load_text_encoder(text_encoder, folder: str) -> None:
     text_encoder.load_state_dict(theirs, strict=False)
 
 
+def configure_torch(cfg: Config) -> None:
+    """The process-wide torch settings a run trains under (the sweep's probes use them too)."""
+    torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)  # tiny Adam/EMA values must not slow the CPU down late in training
+    if cfg.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # as cuDNN's convolutions already do: the GPU's fast path
+
+
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     from transformers import CLIPTokenizer
@@ -669,8 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: the checkpoint was written with {field} {was}, this run uses {now}: the weights will "
                   "differ from an uninterrupted run's by rounding", flush=True)
     disable = args.quiet
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # tiny Adam/EMA values must not slow the CPU down late in training
+    configure_torch(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     times: dict[str, float] = {}
