@@ -604,12 +604,17 @@ def test_export_writes_a_checkpoint_s_ema_weights_as_a_model_folder(tmp_path, ca
     cfg, vae, text_encoder, unet, data = _tiny_unet_stage(0)
     folder = tmp_path / "run.checkpoint"
     train.train_unet(unet, text_encoder, *data, ddim_scheduler(), cfg, torch.Generator().manual_seed(0), True,
-                     Watched(folder, cfg.to_json(), every=2), vae)
+                     Watched(folder, cfg.to_json(), every=2, command="python -m toyworld.train --out run"), vae)
     assert seen["step"] == 2
     assert export.main([str(folder), str(tmp_path / "model")]) == 0
     assert "exported step 2" in capsys.readouterr().out
     record = json.loads((tmp_path / "model" / "training.json").read_text())
     assert record["checkpoint_step"] == 2 and record["config"] == cfg.to_json()
+    # the model names the command of the run it was taken from, and where that run was stopped
+    assert record["command"] == "python -m toyworld.train --out run"
+    assert record["recipe"] == [f"python -m toyworld.train --out run  # stopped at UNet step 2 of {cfg.unet_steps}, "
+                                "exported"]
+    assert record["total_steps"] == {"vae": cfg.vae_steps, "unet": 2} and record["lineage"] is None
     for name in ("unet", "text_encoder"):
         written = load_file(str(next((tmp_path / "model" / name).glob("*.safetensors"))))
         expected = seen[name]

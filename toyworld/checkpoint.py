@@ -32,12 +32,13 @@ HOW_NOT_WHAT = ("threads", "device")
 
 
 class UNetCheckpoint:
-    """The UNet stage's state under `folder`, saved every `every` steps; `recipe` is what it must match."""
+    """The UNet stage's state under `folder`, saved every `every` steps; `recipe` is what it must match;
+    `command` (the run's command line) is kept with it, so a model exported from it names how it was made."""
 
-    def __init__(self, folder: Path, recipe: dict, every: int = DEFAULT_EVERY):
+    def __init__(self, folder: Path, recipe: dict, every: int = DEFAULT_EVERY, command: str | None = None):
         if every < 1:
             raise ValueError(f"checkpoints every {every} steps: give 1 or more")
-        self.folder, self.recipe, self.every = Path(folder), recipe, every
+        self.folder, self.recipe, self.every, self.command = Path(folder), recipe, every, command
 
     def exists(self) -> bool:
         return (self.folder / "state.json").is_file()
@@ -95,7 +96,7 @@ class UNetCheckpoint:
                     scalars[f"{index}.{slot}"] = value
         save_file(tensors, str(tmp / "optimiser.safetensors"))
         save_file({"state": generator.get_state()}, str(tmp / "generator.safetensors"))
-        state = {"format": FORMAT, "recipe": self.recipe, "step": step, "files": files, "ema": ema_state,
+        state = {"format": FORMAT, "recipe": self.recipe, "command": self.command, "step": step, "files": files, "ema": ema_state,
                  "optimiser": {"param_groups": [{k: v for k, v in g.items()} for g in opt_state["param_groups"]],
                                "scalars": scalars},
                  "schedule": {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},

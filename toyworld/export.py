@@ -48,10 +48,11 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     state = json.loads(state_file.read_text())
     cfg = recipe_config(state["recipe"])
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    parent = None
     if cfg.init_from is None:
         vae, text_encoder, unet = build_components(cfg, tokenizer)
     else:  # the parent's architecture (its weights are replaced below)
-        vae, text_encoder, unet, _ = load_parent(cfg)
+        vae, text_encoder, unet, parent = load_parent(cfg)
     if cfg.local_words:
         localise_words(text_encoder)
     files = Path(checkpoint) / state["files"]
@@ -68,8 +69,16 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     out = Path(out).resolve()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     size_mb = save_pipeline(tmp, vae, text_encoder, unet, tokenizer)
+    command = state.get("command")  # None in checkpoints written before commands were kept
+    done = f"{command}  # stopped at UNet step {state['step']} of {cfg.unet_steps}, exported" if command else None
     record = {"exported_from": str(Path(checkpoint).resolve()), "checkpoint_step": state["step"],
-              "steps": {"vae": cfg.vae_steps, "unet": state["step"]}, "config": cfg.to_json(),
+              "command": command,
+              # every command from scratch to this model, in order, as the trainer's own training.json has it
+              "recipe": (parent["recipe"] if parent else []) + ([done] if done else []),
+              "steps": {"vae": cfg.vae_steps, "unet": state["step"]},
+              "total_steps": {"vae": cfg.vae_steps + (parent["total_steps"].get("vae", 0) if parent else 0),
+                              "unet": state["step"] + (parent["total_steps"].get("unet", 0) if parent else 0)},
+              "lineage": parent, "config": cfg.to_json(),
               "folder_mb": round(size_mb, 2), "weights_dtype_on_disk": "float16"}
     (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     replace_folder(tmp, out)

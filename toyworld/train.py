@@ -687,7 +687,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out).resolve()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    checkpoint = UNetCheckpoint(out.with_name(f"{out.name}.checkpoint"), cfg.to_json(), args.checkpoint_every)
+    command = "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    checkpoint = UNetCheckpoint(out.with_name(f"{out.name}.checkpoint"), cfg.to_json(), args.checkpoint_every,
+                                command)
     resuming = checkpoint.exists()
     if resuming:
         try:
@@ -806,7 +808,6 @@ def main(argv: list[str] | None = None) -> int:
         write_preview(Path(args.preview), ev["_images"])
     times["total"] = time.perf_counter() - t_all
     acc = ev["attribute_accuracy"]
-    command = "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
         "command": command,
         # every command from scratch to this model, in order (a continuation's --init-from is the previous --out)
