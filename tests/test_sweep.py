@@ -36,6 +36,29 @@ def test_run_spec_needs_a_name():
         run_args("--seed 5")
 
 
+def test_a_continuation_is_timed_with_its_parent_s_networks(tmp_path):
+    """--init-from: the probe times the parent's architecture, not the recipe's default (16 x 16) one."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    from editing.core.model import TOKENIZER_DIR
+    from toyworld import train
+    from toyworld.sweep import probe
+
+    _, cfg = train.parse_args(["--out", str(tmp_path / "unused"), "--latent-size", "32"])
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    parent = tmp_path / "parent"
+    train.save_pipeline(parent, *train.build_components(cfg, tokenizer), tokenizer)
+    (parent / "training.json").write_text(json.dumps({"config": cfg.to_json()}))
+    small = ["--unet-batch", "2", "--vae-batch", "2", "--device", "cpu", "--threads", "1"]
+    timed = probe(["--init-from", str(parent), *small])
+    assert timed["latent_size"] == 32 and timed["unet_channels"] == list(cfg.unet_channels)
+    plain = probe(small)  # the recipe's own architecture
+    assert plain["latent_size"] == 16 and plain["unet_channels"] == list(train.Config().unet_channels)
+    assert all(timed[k] > 0 for k in ("render_s", "vae_step_s", "unet_step_s"))
+
+
 def test_pack_leaves_the_tokenizer_out(tmp_path):
     model = tmp_path / "model"
     for f in ("unet/config.json", "tokenizer/vocab.json", "training.json"):

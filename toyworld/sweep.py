@@ -50,13 +50,14 @@ def fitted_steps(budget_s: float, n_train: int, vae_steps: int, rates: dict, rou
 
 
 def probe(train_args: list[str]) -> dict:
-    """Rates of this run's stages on its device: seconds per rendered scene, VAE step and UNet step."""
+    """Rates of this run's stages on its device: seconds per rendered scene, VAE step and UNet step; with the
+    latent size and UNet channels they were timed at (a continuation's are its --init-from parent's)."""
     import numpy as np
     import torch
     from transformers import CLIPTokenizer
 
     from editing.core.model import TOKENIZER_DIR, ddim_scheduler
-    from toyworld.train import (EMPTY_PROMPT, build_components, configure_torch, parse_args, render_set, tokenize,
+    from toyworld.train import (EMPTY_PROMPT, configure_torch, parse_args, render_set, starting_networks, tokenize,
                                 train_unet, train_vae, vae_factor)
 
     _, cfg = parse_args(train_args + ["--out", "/nonexistent/probe"])
@@ -65,7 +66,9 @@ def probe(train_args: list[str]) -> dict:
     data = render_set(cfg.seed, PROBE_SCENES, cfg.two_shapes_prob, "", True, cfg.turned_prob)
     render_s = (time.perf_counter() - t) / PROBE_SCENES
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    vae, text_encoder, unet = (m.to(cfg.device) for m in build_components(cfg, tokenizer))
+    # a continuation's networks are its parent's (--init-from), whatever the recipe's own architecture says
+    vae, text_encoder, unet, _ = starting_networks(cfg, tokenizer)
+    vae, text_encoder, unet = (m.to(cfg.device) for m in (vae, text_encoder, unet))
     rng = np.random.default_rng(0)
 
     def timed(run, steps: int) -> float:
@@ -95,7 +98,8 @@ def probe(train_args: list[str]) -> dict:
     vae_s = timed(vae_run, PROBE_VAE_STEPS)
     timed(unet_run, 5)
     unet_s = timed(unet_run, PROBE_UNET_STEPS)
-    return {"render_s": render_s, "vae_step_s": vae_s, "unet_step_s": unet_s}
+    return {"render_s": render_s, "vae_step_s": vae_s, "unet_step_s": unet_s,  # and what was timed:
+            "latent_size": side, "unet_channels": list(unet.config.block_out_channels)}
 
 
 def run_args(spec: str) -> tuple[str, list[str]]:
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         command = ["--out", str(folder / "model"), *args, "--unet-steps", str(entry["steps"]), *common,
                    "--checkpoint-every", str(CHECKPOINT_EVERY), "--quiet"]
         entry["command"] = "python -m toyworld.train " + shlex.join(command)
-        print(f"{name}: {entry['steps']} UNet steps ({rates['unet_step_s'] * 1000:.0f} ms each, VAE step "
+        print(f"{name}: {entry['steps']} UNet steps ({rates['unet_step_s'] * 1000:.0f} ms each at "
+              f"{rates['latent_size']} x {rates['latent_size']} latents, VAE step "
               f"{rates['vae_step_s'] * 1000:.0f} ms, render {rates['render_s'] * 1000:.1f} ms/scene)", flush=True)
         log = open(folder / "train.log", "w")
         procs[name] = (subprocess.Popen([sys.executable, "-m", "toyworld.train", *command], stdout=log,

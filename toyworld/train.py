@@ -658,6 +658,14 @@ def load_parent(cfg: Config):
     return vae, text_encoder, unet, parent
 
 
+def starting_networks(cfg: Config, tokenizer):
+    """The networks a run starts from -> (vae, text_encoder, unet, parent): the --init-from folder's, whose
+    architecture is then cfg's (parent: its lineage record), else new ones of cfg's architecture (parent None)."""
+    if cfg.init_from is not None:
+        return load_parent(cfg)
+    return (*build_components(cfg, tokenizer), None)
+
+
 def load_text_encoder(text_encoder, folder: str) -> None:
     """--text-encoder-from: the folder's text encoder weights into the freshly built one (fp32). A folder whose
     text encoder has another width, depth or vocabulary is refused with the difference named."""
@@ -719,20 +727,17 @@ def main(argv: list[str] | None = None) -> int:
     times["render"] = time.perf_counter() - t
 
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    parent = None
-    if cfg.init_from is None:
-        vae, text_encoder, unet = build_components(cfg, tokenizer)
-        if cfg.text_encoder_from is not None:
-            try:
-                load_text_encoder(text_encoder, cfg.text_encoder_from)
-            except UserError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            print(f"text encoder from {cfg.text_encoder_from}", flush=True)
-    else:
-        vae, text_encoder, unet, parent = load_parent(cfg)
+    vae, text_encoder, unet, parent = starting_networks(cfg, tokenizer)
+    if parent is not None:
         print(f"init from {cfg.init_from}: steps so far {parent['total_steps']}; "
               f"its accuracy {parent['attribute_accuracy']}", flush=True)
+    elif cfg.text_encoder_from is not None:
+        try:
+            load_text_encoder(text_encoder, cfg.text_encoder_from)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"text encoder from {cfg.text_encoder_from}", flush=True)
     if cfg.local_words:
         localise_words(text_encoder)
     # the UNet's sample stream; a continuation draws a fresh one (it starts after the parent's steps)
