@@ -96,7 +96,8 @@ class UNetCheckpoint:
                     scalars[f"{index}.{slot}"] = value
         save_file(tensors, str(tmp / "optimiser.safetensors"))
         save_file({"state": generator.get_state()}, str(tmp / "generator.safetensors"))
-        state = {"format": FORMAT, "recipe": self.recipe, "command": self.command, "step": step, "files": files, "ema": ema_state,
+        state = {"format": FORMAT, "recipe": self.recipe, "command": self.command, "step": step, "files": files,
+                 "ema": ema_state,
                  "optimiser": {"param_groups": [{k: v for k, v in g.items()} for g in opt_state["param_groups"]],
                                "scalars": scalars},
                  "schedule": {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},

@@ -21,7 +21,7 @@ import torch
 
 from editing.core.offline import quiet_libraries
 from toyworld.local_words import localise_words
-from toyworld.train import (Config, build_components, load_parent, replace_folder, save_pipeline,
+from toyworld.train import (Config, descent_fields, replace_folder, save_pipeline, starting_networks,
                             trained_parameters)
 
 
@@ -48,11 +48,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     state = json.loads(state_file.read_text())
     cfg = recipe_config(state["recipe"])
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    parent = None
-    if cfg.init_from is None:
-        vae, text_encoder, unet = build_components(cfg, tokenizer)
-    else:  # the parent's architecture (its weights are replaced below)
-        vae, text_encoder, unet, parent = load_parent(cfg)
+    # the run's architecture, its parent's when it was continued (the weights are replaced below)
+    vae, text_encoder, unet, parent = starting_networks(cfg, tokenizer)
     if cfg.local_words:
         localise_words(text_encoder)
     files = Path(checkpoint) / state["files"]
@@ -74,10 +71,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     record = {"exported_from": str(Path(checkpoint).resolve()), "checkpoint_step": state["step"],
               "command": command,
               # every command from scratch to this model, in order, as the trainer's own training.json has it
-              "recipe": (parent["recipe"] if parent else []) + ([done] if done else []),
+              **descent_fields(parent, done, cfg.vae_steps, state["step"]),
               "steps": {"vae": cfg.vae_steps, "unet": state["step"]},
-              "total_steps": {"vae": cfg.vae_steps + (parent["total_steps"].get("vae", 0) if parent else 0),
-                              "unet": state["step"] + (parent["total_steps"].get("unet", 0) if parent else 0)},
               "lineage": parent, "config": cfg.to_json(),
               "folder_mb": round(size_mb, 2), "weights_dtype_on_disk": "float16"}
     (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")

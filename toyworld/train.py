@@ -666,6 +666,14 @@ def starting_networks(cfg: Config, tokenizer):
     return (*build_components(cfg, tokenizer), None)
 
 
+def descent_fields(parent: dict | None, command: str | None, vae_steps: int, unet_steps: int) -> dict:
+    """training.json's "recipe" (every command from scratch, this one last) and "total_steps" (this run's
+    steps added to the parent's) for a model made by `command` from `parent` (load_parent's record, or None)."""
+    before = parent["total_steps"] if parent else {}
+    return {"recipe": (parent["recipe"] if parent else []) + ([command] if command else []),
+            "total_steps": {"vae": vae_steps + before.get("vae", 0), "unet": unet_steps + before.get("unet", 0)}}
+
+
 def load_text_encoder(text_encoder, folder: str) -> None:
     """--text-encoder-from: the folder's text encoder weights into the freshly built one (fp32). A folder whose
     text encoder has another width, depth or vocabulary is refused with the difference named."""
@@ -813,14 +821,14 @@ def main(argv: list[str] | None = None) -> int:
         write_preview(Path(args.preview), ev["_images"])
     times["total"] = time.perf_counter() - t_all
     acc = ev["attribute_accuracy"]
+    descent = descent_fields(parent, command, cfg.vae_steps, cfg.unet_steps)
     report = {
         "command": command,
         # every command from scratch to this model, in order (a continuation's --init-from is the previous --out)
-        "recipe": (parent["recipe"] if parent else []) + [command],
+        "recipe": descent["recipe"],
         "config": cfg.to_json(), "seed": cfg.seed, "threads": cfg.threads,
         "steps": {"vae": cfg.vae_steps, "unet": cfg.unet_steps},
-        "total_steps": {"vae": cfg.vae_steps + (parent["total_steps"].get("vae", 0) if parent else 0),
-                        "unet": cfg.unet_steps + start},
+        "total_steps": descent["total_steps"],
         "lineage": parent,
         "parameters": sizes, "folder_mb": round(size_mb, 2), "weights_dtype_on_disk": "float16",
         "wall_time_s": {k: round(v, 1) for k, v in times.items()},
