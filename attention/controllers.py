@@ -145,6 +145,8 @@ class P2PConfig:
     reweight: dict[str, float] = field(default_factory=dict)  # target word -> attention scale
     blend: BlendConfig | None = None
     self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS
+    # cross-attention is injected at maps of at most this many queries (None: at every map, as the reference)
+    cross_replace_max_tokens: int | None = None
     store_max_tokens: int = STORE_MAX_TOKENS  # the largest maps kept (local blend, heatmaps)
 
     def __post_init__(self):
@@ -245,6 +247,9 @@ class PromptToPrompt(AttentionStore):
         view, first = cond_rows(probs, heads, self.n_prompts)  # (B, heads, Q, K)
         base, targets = view[first], view[first + 1:]
         if is_cross:
+            limit = self.config.cross_replace_max_tokens
+            if limit is not None and probs.shape[1] > limit:
+                return probs
             alpha = self.cross_alphas[step].to(base)[:, None, None, :]  # (n_t, 1, 1, L)
             new = self.replace_cross(base, targets) * alpha + targets * (1 - alpha)
         elif probs.shape[1] <= self.config.self_replace_max_tokens:

@@ -95,6 +95,27 @@ def test_cross_replace_window_is_respected(model, record):
                                        rtol=1e-5, atol=1e-6)
 
 
+
+def test_cross_replace_max_tokens_leaves_the_larger_maps_their_own(model, record):
+    """cross_replace_max_tokens: maps with more queries keep the target's own attention, the others are
+    injected as before (None, the default, injects every map as the reference does)."""
+    sizes = {c["base"].shape[1] for c in run_checked(model, record, ["a tiger sitting on a mirror"],
+                                                      P2PConfig(edit="replace", cross_replace=1.0,
+                                                                self_replace=0.0))[0].calls if c["is_cross"]}
+    assert len(sizes) >= 2, sizes  # the tiny model has cross-attention at two sizes at least
+    limit = min(sizes)
+    controller, _ = run_checked(model, record, ["a tiger sitting on a mirror"],
+                                P2PConfig(edit="replace", cross_replace=1.0, self_replace=0.0,
+                                          cross_replace_max_tokens=limit))
+    cross = [c for c in controller.calls if c["is_cross"]]
+    assert {c["base"].shape[1] for c in cross} == sizes
+    for call in cross:
+        if call["base"].shape[1] > limit:
+            torch.testing.assert_close(call["targets_out"], call["targets_in"])
+        else:
+            torch.testing.assert_close(call["targets_out"][0], call["base"] @ controller.mapper[0],
+                                       rtol=1e-5, atol=1e-6)
+
 def test_reweight_scales_exactly_the_chosen_tokens(model, record):
     prompt = record.prompt  # "a cat sitting on a mirror": cat is token 2
     controller, _ = run_checked(model, record, [prompt],

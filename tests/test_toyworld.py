@@ -433,6 +433,35 @@ def test_trainer_runs_two_unet_steps_with_min_snr_weights():
     assert changed and all(torch.isfinite(p).all() for p in unet.parameters())
 
 
+
+def test_bf16_autocast_trains_the_same_steps_in_fp32_weights_rounded_differently():
+    """--mixed-precision bf16 changes only the forward passes' precision: the weights, the optimiser and the
+    loss stay fp32, the same samples are drawn, and the trained weights land near the fp32 run's."""
+    import dataclasses
+
+    import torch
+
+    from editing.core.model import ddim_scheduler
+    from toyworld import train
+
+    cfg, _, text_encoder, unet, data = _tiny_unet_stage(0)
+    start = _weights(unet, text_encoder)
+    plain = train.train_unet(unet, text_encoder, *data, ddim_scheduler(), cfg, torch.Generator().manual_seed(0), True)
+    fp32 = _weights(unet, text_encoder)
+    cfg, _, text_encoder, unet, data = _tiny_unet_stage(0)
+    assert _weights(unet, text_encoder).keys() == start.keys()
+    bf16_cfg = dataclasses.replace(cfg, mixed_precision="bf16")
+    mixed = train.train_unet(unet, text_encoder, *data, ddim_scheduler(), bf16_cfg, torch.Generator().manual_seed(0),
+                             True)
+    bf16 = _weights(unet, text_encoder)
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    assert np.isfinite(mixed["eps_mse"]) and abs(mixed["eps_mse"] - plain["eps_mse"]) < 0.05 * plain["eps_mse"]
+    moved = sum(float((fp32[k] - start[k]).abs().sum()) for k in fp32)
+    apart = sum(float((bf16[k] - fp32[k]).abs().sum()) for k in fp32)
+    assert 0 < apart < 0.2 * moved  # rounded differently, but the same descent
+    assert train.parse_args(["--out", "x", "--mixed-precision", "bf16"])[1].mixed_precision == "bf16"
+    assert train.parse_args(["--out", "x"])[1].mixed_precision == "no"
+
 # ------------------------------------------------------- turned shapes ---
 
 def _digest(pairs_or_data) -> str:

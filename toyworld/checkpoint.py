@@ -28,7 +28,7 @@ DEFAULT_EVERY = 250  # UNet steps between checkpoints: ~8 min on 2 CPU threads; 
 FORMAT = 1
 # recipe fields a continuation may change: they decide how fast the steps run, not which steps are taken (every
 # sample is drawn from a CPU generator, so the same batches come on any device)
-HOW_NOT_WHAT = ("threads", "device")
+HOW_NOT_WHAT = ("threads", "device", "mixed_precision")
 
 
 class UNetCheckpoint:

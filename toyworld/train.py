@@ -122,6 +122,9 @@ class Config:
     # a run from scratch whose text encoder starts from this saved model folder's (None: random, runs 1-4)
     text_encoder_from: str | None = None
     device: str = "cpu"  # where the networks train; only "cpu" with the same threads is bit-reproducible
+    # "bf16": the forward passes run under bfloat16 autocast (weights, optimiser, EMA and loss stay fp32), the
+    # GPU's fast path for these small convolutions and its flash attention; "no": fp32 throughout (runs 1-4)
+    mixed_precision: str = "no"
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -351,6 +354,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
     T = len(alphas_cumprod)
     shifted = timestep_table(alphas_cumprod, cfg.timestep_shift)
     networks = {"unet": unet, "text_encoder": text_encoder}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
     start, smooth, smooth_attention = 0, None, None
     if checkpoint is not None and checkpoint.exists():
         state = checkpoint.restore(networks, opt, sched, ema, gen)
@@ -377,13 +381,15 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         eps = to_device(torch.randn(z0.shape, generator=gen), device)
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # q(z_t | z_0)
-        cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
-        if cfg.attention_loss > 0:
-            pred, maps = recorded_forward(unet, zt, t, cond)
-            attention = localisation_loss(maps, where[0][idx].long().to(device), where[1][idx].to(device),
-                                          (~drop & ~paired).to(device))  # a twin's caption has other words
-        else:
-            pred = unet(zt, t, encoder_hidden_states=cond).sample
+        with autocast:
+            cond = text_encoder(tok)[0]  # (B, 77, hidden), last hidden state as the pipeline uses it
+            if cfg.attention_loss > 0:
+                pred, maps = recorded_forward(unet, zt, t, cond)
+                attention = localisation_loss(maps, where[0][idx].long().to(device), where[1][idx].to(device),
+                                              (~drop & ~paired).to(device))  # a twin's caption has other words
+            else:
+                pred = unet(zt, t, encoder_hidden_states=cond).sample
+        pred = pred.float()  # the loss in fp32 whatever the forward ran in
         snr = snr_table[t]
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         target = eps
@@ -564,6 +570,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     p.add_argument("--device", default=d.device,
                    help="cpu (default; bit-reproducible for the same --threads) or cuda: the training steps "
                         "run there, every random draw stays on the CPU")
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "bf16"),
+                   help="bf16: run the forward passes under bfloat16 autocast (weights, optimiser and loss stay "
+                        "fp32), for a GPU; changes the weights by rounding only (default %(default)s)")
     p.add_argument("--preview", default=None, help="PNG contact sheet of the evaluation images (default: none)")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from a saved model folder: its VAE (frozen, not retrained), UNet and text "
@@ -602,7 +611,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                  unet_steps=a.unet_steps, unet_batch=a.unet_batch, n_eval=a.n_eval, n_eval_vae=a.n_eval_vae,
                  two_shapes_prob=a.two_shapes_prob, turned_prob=a.turned_prob, caption_dropout=a.caption_dropout,
                  attention_loss=a.attention_loss, edit_pairs=a.edit_pairs, local_words=a.local_words,
-                 fresh_ema=a.fresh_ema, device=a.device, timestep_shift=a.timestep_shift, unet_lr=a.unet_lr)
+                 fresh_ema=a.fresh_ema, device=a.device, timestep_shift=a.timestep_shift, unet_lr=a.unet_lr,
+                 mixed_precision=a.mixed_precision)
     if a.latent_size is not None:
         if a.init_from is not None:
             p.error("--latent-size is for a run from scratch: a continuation keeps its parent's architecture")
