@@ -74,6 +74,9 @@ SEED = 1234  # the scenes of the benchmark: fixed, so figures from different run
 TURNED_PROB = 0.5  # share of turned shapes in the scenes: half the shapes at any angle, as users draw them
 # (0 gives the upright scenes of the figures before the model trained on turned shapes)
 CHANGED_DILATION = 1  # pixels around the ground-truth change that count as changed (antialiased edges)
+# the unchanged region splits into "near" (within this many px of the change: where a shape that grew, moved or
+# bled its colour lands, 1.5 latent cells of a 16 x 16 model) and "far" (the rest: a tint of the whole picture)
+NEAR_PX = 6
 LAYOUT_TOLERANCE_PX = 3.0  # reference px (of 64): the checker reads a clean render's centre within ~1 px
 EXAMPLES = 8  # scenes per method in examples.png
 PARTS = ("reconstruction", "edits")
@@ -85,13 +88,23 @@ DEFAULT_PHOTOS = (("chelsea", "a photo of a cat"), ("astronaut", "an astronaut i
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
-def unchanged_region(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
-    """(H, W) True where the ground-truth edit leaves the pixels alone (with a margin)."""
+def grown(mask: np.ndarray, px: int) -> np.ndarray:
+    """(H, W) bool: mask grown by px pixels (a square neighbourhood)."""
     import cv2
 
-    changed = (source != edited).any(-1).astype(np.uint8)
-    kernel = np.ones((2 * CHANGED_DILATION + 1,) * 2, np.uint8)
-    return cv2.dilate(changed, kernel) == 0
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1,) * 2, np.uint8)) > 0
+
+
+def unchanged_region(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """(H, W) True where the ground-truth edit leaves the pixels alone (with a margin)."""
+    return ~grown((source != edited).any(-1), CHANGED_DILATION)
+
+
+def near_and_far(source: np.ndarray, edited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unchanged region split: the pixels within NEAR_PX of the ground-truth change, and the rest."""
+    keep = unchanged_region(source, edited)
+    near = keep & grown((source != edited).any(-1), NEAR_PX)
+    return near, keep & ~near
 
 
 def build_parser() -> Parser:
@@ -240,10 +253,13 @@ def score_edit(pair: dict, edit: np.ndarray, reconstruction: np.ndarray) -> dict
     truth = read_scene(pair["edited_image"])["shapes"][0]
     shift = None if blob is None else float(np.hypot(blob["x"] - truth["x"], blob["y"] - truth["y"]))
     keep = unchanged_region(pair["image"], pair["edited_image"])
+    near, far = near_and_far(pair["image"], pair["edited_image"])
     return {"attribute": pair["attribute"], "all": all(hits.values()), **hits,
             "edit_psnr": min(psnr(edit, pair["edited_image"]), PSNR_CAP_DB),
             "edit_ssim": ssim(edit, pair["edited_image"]),
             "unchanged_psnr": min(masked_psnr(edit, pair["edited_image"], keep), PSNR_CAP_DB),
+            "unchanged_near_psnr": min(masked_psnr(edit, pair["edited_image"], near), PSNR_CAP_DB),
+            "unchanged_far_psnr": min(masked_psnr(edit, pair["edited_image"], far), PSNR_CAP_DB),
             "layout_shift_px": shift,
             "reconstruction_psnr": min(psnr(reconstruction, pair["image"]), PSNR_CAP_DB)}
 
@@ -253,6 +269,17 @@ def failure_reasons(row: dict) -> list[str]:
     moved = row["layout_shift_px"] is None or row["layout_shift_px"] > LAYOUT_TOLERANCE_PX
     found = [not row["colour"], not row["shape"], not row["background"], moved]
     return [reason for reason, failed in zip(FAILURE_REASONS, found) if failed]
+
+
+def unchanged_by_kind(rows: list[dict]) -> dict:
+    """{kind of edit: mean unchanged-region PSNR (dB) over its scenes, all of it, near the change and far}."""
+    def mean(values):
+        values = [v for v in values if v is not None and not np.isnan(v)]
+        return float(np.mean(values)) if values else None
+    return {kind: {part: mean(r[key] for r in rows if r["attribute"] == kind)
+                   for part, key in (("all", "unchanged_psnr"), ("near", "unchanged_near_psnr"),
+                                     ("far", "unchanged_far_psnr"))}
+            for kind in sorted({r["attribute"] for r in rows})}
 
 
 def failures_by_kind(rows: list[dict]) -> dict:
@@ -318,6 +345,7 @@ def evaluate_method(model, pairs: list[dict], method: str, inversion: str | None
                "edit_psnr_db": float(np.mean([r["edit_psnr"] for r in rows])),
                "edit_ssim": float(np.mean([r["edit_ssim"] for r in rows])),
                "unchanged_psnr_db": float(np.nanmean([r["unchanged_psnr"] for r in rows])),
+               "unchanged_by_kind": unchanged_by_kind(rows),
                "layout_kept": float(np.mean([s is not None and s <= LAYOUT_TOLERANCE_PX
                                              for s in (r["layout_shift_px"] for r in rows)])),
                "layout_shift_px_median": float(np.median(shifts)) if shifts else None,
@@ -405,6 +433,15 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
             for kind, counts in r["failures_by_kind"].items():
                 lines.append(f"| {r['method']} | {kind} | {counts['scenes']} | {counts['right, layout kept']} | "
                              + " | ".join(str(counts[reason]) for reason in FAILURE_REASONS) + " |")
+        lines += ["", f"### Where the unchanged region differs (mean PSNR in dB per kind of edit: all of it / within "
+                      f"{NEAR_PX} px of the change, where a grown shape or its colour lands / farther, a tint)", "",
+                  "| method | colour edits | shape edits | background edits |", "|---|---|---|---|"]
+        shown = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        for r in edits:
+            parts = r.get("unchanged_by_kind", {})
+            cells = [" / ".join(shown(parts[k][p]) for p in ("all", "near", "far")) if k in parts else "-"
+                     for k in ("colour", "shape", "background")]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

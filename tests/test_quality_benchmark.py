@@ -37,6 +37,30 @@ def test_masked_psnr_counts_only_the_mask():
     assert np.isnan(masked_psnr(a, b, np.zeros((4, 4), bool)))
 
 
+
+def test_the_unchanged_region_splits_into_near_the_change_and_far():
+    """near: within NEAR_PX of the ground-truth change (a grown or bleeding shape); far: the rest (a tint)."""
+    from benchmarks.quality import NEAR_PX, PSNR_CAP_DB, grown, near_and_far, score_edit, unchanged_by_kind
+
+    pair = next(p for p in edit_pairs(7, 20) if p["attribute"] == "colour")
+    keep = unchanged_region(pair["image"], pair["edited_image"])
+    near, far = near_and_far(pair["image"], pair["edited_image"])
+    assert near.any() and far.any() and not (near & far).any() and ((near | far) == keep).all()
+    changed = (pair["image"] != pair["edited_image"]).any(-1)
+    assert not (far & grown(changed, NEAR_PX)).any()
+    truth = score_edit(pair, pair["edited_image"], pair["image"])
+    assert truth["unchanged_near_psnr"] == truth["unchanged_far_psnr"] == PSNR_CAP_DB
+    bled = pair["edited_image"].copy()
+    bled[near] = 255 - bled[near]  # the new colour spills around the shape
+    spill = score_edit(pair, bled, pair["image"])
+    assert spill["unchanged_near_psnr"] < 20 and spill["unchanged_far_psnr"] == PSNR_CAP_DB
+    tinted = pair["edited_image"].astype(int)
+    tinted[far] += 8  # the whole background shifted by 8 levels
+    tint = score_edit(pair, np.clip(tinted, 0, 255).astype(np.uint8), pair["image"])
+    assert tint["unchanged_near_psnr"] == PSNR_CAP_DB and tint["unchanged_far_psnr"] < 35
+    table = unchanged_by_kind([{**spill, "attribute": "colour"}, {**tint, "attribute": "colour"}])
+    assert table["colour"]["near"] == pytest.approx((spill["unchanged_near_psnr"] + PSNR_CAP_DB) / 2)
+
 def assert_scores_read_from_the_written_edits(out, result) -> None:
     """The benchmark's per-scene verdicts (and its accuracy) are the checker's reading of the edits it wrote."""
     from benchmarks.quality import SEED
