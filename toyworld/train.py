@@ -122,8 +122,8 @@ class Config:
     # a run from scratch whose text encoder starts from this saved model folder's (None: random, runs 1-4)
     text_encoder_from: str | None = None
     device: str = "cpu"  # where the networks train; only "cpu" with the same threads is bit-reproducible
-    # "bf16": the forward passes run under bfloat16 autocast (weights, optimiser, EMA and loss stay fp32), the
-    # GPU's fast path for these small convolutions and its flash attention; "no": fp32 throughout (runs 1-4)
+    # "bf16": the forward passes run under bfloat16 autocast (weights, optimiser, EMA and loss stay fp32); "no":
+    # fp32 throughout, the default, since bf16 was 1.32x slower a step on an H200 for these small networks
     mixed_precision: str = "no"
 
     def to_json(self) -> dict:
@@ -572,7 +572,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
                         "run there, every random draw stays on the CPU")
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "bf16"),
                    help="bf16: run the forward passes under bfloat16 autocast (weights, optimiser and loss stay "
-                        "fp32), for a GPU; changes the weights by rounding only (default %(default)s)")
+                        "fp32); changes the weights by rounding only. Measured slower for the world's networks "
+                        "on an H200 (TRAINING.md), so off by default (%(default)s)")
     p.add_argument("--preview", default=None, help="PNG contact sheet of the evaluation images (default: none)")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from a saved model folder: its VAE (frozen, not retrained), UNet and text "
