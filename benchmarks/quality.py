@@ -14,7 +14,8 @@ caption through editing.run (run_edit), and is scored by:
   right), per kind of edit, and the per-attribute reading;
 - edit PSNR / SSIM against the ground-truth edited render;
 - unchanged-region PSNR: over the pixels the ground-truth edit leaves alone (with a 1 px margin), the
-  edit against the ground truth (there identical to the source);
+  edit against the ground truth (there identical to the source); per kind of edit also split into the
+  pixels within 6 px of the change (a shape that grew, or its colour spilling) and the rest (a tint);
 - layout: the distance between the centre of the main shape the checker reads in the edit and the one
   it reads in the ground-truth twin (in px of the 64 px reference canvas); "kept" when at most 3 px;
 - reconstruction PSNR of the method's reconstruction against the source.
