@@ -253,8 +253,8 @@ def score_edit(pair: dict, edit: np.ndarray, reconstruction: np.ndarray) -> dict
     # turns about (x, y), which is not the centre of its bounding box, the centre the checker reads
     truth = read_scene(pair["edited_image"])["shapes"][0]
     shift = None if blob is None else float(np.hypot(blob["x"] - truth["x"], blob["y"] - truth["y"]))
-    keep = unchanged_region(pair["image"], pair["edited_image"])
     near, far = near_and_far(pair["image"], pair["edited_image"])
+    keep = near | far  # the whole unchanged region
     return {"attribute": pair["attribute"], "all": all(hits.values()), **hits,
             "edit_psnr": min(psnr(edit, pair["edited_image"]), PSNR_CAP_DB),
             "edit_ssim": ssim(edit, pair["edited_image"]),
@@ -439,7 +439,7 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
                   "| method | colour edits | shape edits | background edits |", "|---|---|---|---|"]
         shown = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         for r in edits:
-            parts = r.get("unchanged_by_kind", {})
+            parts = r["unchanged_by_kind"]
             cells = [" / ".join(shown(parts[k][p]) for p in ("all", "near", "far")) if k in parts else "-"
                      for k in ("colour", "shape", "background")]
             lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")

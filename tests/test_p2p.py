@@ -95,7 +95,6 @@ def test_cross_replace_window_is_respected(model, record):
                                        rtol=1e-5, atol=1e-6)
 
 
-
 def test_cross_replace_max_tokens_leaves_the_larger_maps_their_own(model, record):
     """cross_replace_max_tokens: maps with more queries keep the target's own attention, the others are
     injected as before (None, the default, injects every map as the reference does)."""
@@ -115,6 +114,7 @@ def test_cross_replace_max_tokens_leaves_the_larger_maps_their_own(model, record
         else:
             torch.testing.assert_close(call["targets_out"][0], call["base"] @ controller.mapper[0],
                                        rtol=1e-5, atol=1e-6)
+
 
 def test_reweight_scales_exactly_the_chosen_tokens(model, record):
     prompt = record.prompt  # "a cat sitting on a mirror": cat is token 2

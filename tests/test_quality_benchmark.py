@@ -37,7 +37,6 @@ def test_masked_psnr_counts_only_the_mask():
     assert np.isnan(masked_psnr(a, b, np.zeros((4, 4), bool)))
 
 
-
 def test_the_unchanged_region_splits_into_near_the_change_and_far():
     """near: within NEAR_PX of the ground-truth change (a grown or bleeding shape); far: the rest (a tint)."""
     from benchmarks.quality import NEAR_PX, PSNR_CAP_DB, grown, near_and_far, score_edit, unchanged_by_kind
@@ -60,6 +59,7 @@ def test_the_unchanged_region_splits_into_near_the_change_and_far():
     assert tint["unchanged_near_psnr"] == PSNR_CAP_DB and tint["unchanged_far_psnr"] < 35
     table = unchanged_by_kind([{**spill, "attribute": "colour"}, {**tint, "attribute": "colour"}])
     assert table["colour"]["near"] == pytest.approx((spill["unchanged_near_psnr"] + PSNR_CAP_DB) / 2)
+
 
 def assert_scores_read_from_the_written_edits(out, result) -> None:
     """The benchmark's per-scene verdicts (and its accuracy) are the checker's reading of the edits it wrote."""

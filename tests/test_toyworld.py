@@ -433,7 +433,6 @@ def test_trainer_runs_two_unet_steps_with_min_snr_weights():
     assert changed and all(torch.isfinite(p).all() for p in unet.parameters())
 
 
-
 def test_bf16_autocast_trains_the_same_steps_in_fp32_weights_rounded_differently():
     """--mixed-precision bf16 changes only the forward passes' precision: the weights, the optimiser and the
     loss stay fp32, the same samples are drawn, and the trained weights land near the fp32 run's."""
@@ -461,6 +460,7 @@ def test_bf16_autocast_trains_the_same_steps_in_fp32_weights_rounded_differently
     assert 0 < apart < 0.2 * moved  # rounded differently, but the same descent
     assert train.parse_args(["--out", "x", "--mixed-precision", "bf16"])[1].mixed_precision == "bf16"
     assert train.parse_args(["--out", "x"])[1].mixed_precision == "no"
+
 
 # ------------------------------------------------------- turned shapes ---
 
