@@ -13,8 +13,11 @@ from toyworld.world import (
     Scene,
     Shape,
     caption,
+    centroid,
     dataset,
     edit_scene,
+    edited_twins,
+    lookalikes,
     parse_caption,
     random_edit,
     random_scene,
@@ -502,6 +505,41 @@ def test_a_turned_shape_is_the_upright_one_rotated_about_its_centre():
     cols = np.nonzero(tri.sum(axis=0))[0]
     apex_side = tri[:, cols.max()].sum() < tri[:, cols.min()].sum()  # the apex column is thin, the base full
     assert apex_side
+
+
+def test_lookalikes_render_the_same_picture_and_their_twins_differ():
+    """A square turned by 10 degrees is the picture of one turned by 100; a triangle turned about its bounding
+    box's centre is the picture of one turned a third more about another point; a circle has every angle.
+    The pictures agree to the byte, the twins of an edit of kind do not."""
+    rng = np.random.default_rng(5)
+    for sc in _scenes(5, 60, two_shapes_prob=0.3, turned_prob=0.5):
+        i = sc.main_index
+        looks = lookalikes(sc.shapes[i])
+        assert looks[0] == sc.shapes[i]
+        assert len(looks) == {"circle": 360, "square": 4, "triangle": 3}[sc.shapes[i].kind]
+        assert {tuple(np.round(centroid(s), 9)) for s in looks} == {tuple(np.round(centroid(sc.shapes[i]), 9))}
+        for look in looks[:: max(1, len(looks) // 12)]:
+            other = Scene(tuple(look if j == i else s for j, s in enumerate(sc.shapes)), sc.background)
+            for size in (64, 128):
+                assert render(other, size).tobytes() == render(sc, size).tobytes()
+        kind = rng.choice([k for k in SHAPES if k != sc.shapes[i].kind])
+        twins = edited_twins(sc, "shape", kind, index=i)
+        assert twins[0] == edit_scene(sc, "shape", kind, index=i) and len(twins) == len(looks)
+        assert all(t.shapes[i].kind == kind and t.background == sc.background for t in twins)
+        assert edited_twins(sc, "background", world.valid_edit_values(sc, "background")[0], i) == \
+            [edit_scene(sc, "background", world.valid_edit_values(sc, "background")[0], i)]
+    # a turned square made a triangle: its four twins point four ways; their read centres lie 15 px apart
+    sq = Scene((Shape("square", "red", 14, 32, 32, angle=30.0),), "gray")
+    centres = [checker.read_scene(render(t))["shapes"][0] for t in edited_twins(sq, "shape", "triangle")]
+    spread = max(np.hypot(a["x"] - b["x"], a["y"] - b["y"]) for a in centres for b in centres)
+    assert spread > 5 * 3.0  # five times the quality suite's layout tolerance
+    # the triangle's centroid is a sixth of its height below its upright bounding box's centre
+    tri = Shape("triangle", "red", 12, 32, 32)
+    assert centroid(tri) == pytest.approx((32.0, 32.0 + 2.16 * 12 * np.sqrt(3) / 12))
+    cov = shape_coverage(Scene((Shape("triangle", "red", 12, 30, 33, angle=77.0),), "gray"), size=256)
+    ys, xs = np.mgrid[0:256, 0:256]
+    got = ((xs + 0.5) * cov).sum() / cov.sum() / 4, ((ys + 0.5) * cov).sum() / cov.sum() / 4
+    assert got == pytest.approx(centroid(Shape("triangle", "red", 12, 30, 33, angle=77.0)), abs=0.05)
 
 
 def test_turned_scenes_stay_inside_the_image_and_apart_and_edits_keep_the_angle():

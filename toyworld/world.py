@@ -281,6 +281,54 @@ def edit_scene(scene: Scene, attribute: str, new_value: str, index: int = 0) -> 
     return Scene(tuple(shapes), scene.background)
 
 
+# the turns that map a shape onto itself: a square's quarter turns, a triangle's thirds (a circle's: every
+# angle, sampled every LOOKALIKE_STEP_DEG: a twin triangle's read centre moves under 0.1 px a degree)
+SYMMETRY_TURNS = {"square": 4, "triangle": 3}
+LOOKALIKE_STEP_DEG = 1.0
+
+
+def centroid(shape: Shape) -> tuple[float, float]:
+    """The shape's centre of area (reference px): (x, y), except for a triangle, whose upright bounding box is
+    centred on (x, y): its centroid lies a sixth of its height below that, turned with it."""
+    if shape.kind != "triangle":
+        return shape.x, shape.y
+    d = TRIANGLE_SIDE * shape.size * np.sqrt(3) / 12
+    a = np.deg2rad(shape.angle)
+    return shape.x - d * np.sin(a), shape.y + d * np.cos(a)
+
+
+def lookalikes(shape: Shape) -> list[Shape]:
+    """The shapes that render the same picture as ``shape``, itself first: ``shape`` turned about its centroid
+    by each turn that maps it onto itself.  A picture cannot tell them apart, but they are different (x, y,
+    angle), which an edit of kind keeps: a turned square made a triangle may point four ways, and a triangle
+    made a circle may be centred on three points."""
+    if shape.kind == "circle":
+        turns = np.arange(0.0, 360.0, LOOKALIKE_STEP_DEG)
+    else:
+        turns = 360.0 / SYMMETRY_TURNS[shape.kind] * np.arange(SYMMETRY_TURNS[shape.kind])
+    cx, cy = centroid(shape)
+    dx, dy = shape.x - cx, shape.y - cy
+    out = []
+    for turn in turns:
+        c, s = np.cos(np.deg2rad(turn)), np.sin(np.deg2rad(turn))
+        out.append(Shape(shape.kind, shape.colour, shape.size, float(cx + c * dx - s * dy),
+                         float(cy + s * dx + c * dy), float((shape.angle + turn) % 360)))
+    return out
+
+
+def edited_twins(scene: Scene, attribute: str, new_value: str, index: int = 0) -> list[Scene]:
+    """Every twin the picture of ``scene`` allows, :func:`edit_scene`'s first: one for a colour or background
+    edit; for an edit of kind, one per lookalike of the edited shape (they differ: see :func:`lookalikes`)."""
+    if attribute != "shape":
+        return [edit_scene(scene, attribute, new_value, index)]
+    twins = []
+    for look in lookalikes(scene.shapes[index]):
+        shapes = list(scene.shapes)
+        shapes[index] = look
+        twins.append(edit_scene(Scene(tuple(shapes), scene.background), attribute, new_value, index))
+    return twins
+
+
 def valid_edit_values(scene: Scene, attribute: str, index: int = 0) -> list[str]:
     """All values different from the current one that give a valid scene.
 
