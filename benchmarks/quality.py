@@ -14,8 +14,8 @@ caption through editing.run (run_edit), and is scored by:
   right), per kind of edit, and the per-attribute reading;
 - edit PSNR / SSIM against the ground-truth edited render: for an edit of kind, the nearest of the twins the
   source's picture allows (its shape turned by each turn that maps it onto itself: a turned square made a
-  triangle may point four ways, a circle made a triangle any way, a triangle made a circle may be centred on
-  three points), since the picture does not say which the scene's hidden angle meant;
+  triangle may point four ways, a circle made a triangle any way, a turned triangle made a circle may be
+  centred on three points), since the picture does not say which the scene's hidden angle meant;
 - unchanged-region PSNR: over the pixels the ground-truth edit leaves alone (with a 1 px margin), the
   edit against the ground truth (there identical to the source); per kind of edit also split into the
   pixels within 6 px of the change (a shape that grew, or its colour spilling) and the rest (a tint);
@@ -257,9 +257,10 @@ def twin_renders(scene: Scene, attribute: str, value: str, index: int, size: int
 def nearest_twin(pair: dict, edit: np.ndarray) -> np.ndarray:
     """The ground truth an edit is scored against: of the twins the source's picture allows, the one nearest
     the edit in pixels. A colour or background edit has one, pair["edited_image"]. An edit of kind has one per
-    lookalike of the source shape (a turned square made a triangle may point four ways, a circle made a
-    triangle any way, a triangle made a circle may be centred on three points): the picture does not say which
-    the scene's hidden angle meant, and their centres lie up to 17 px apart, more than LAYOUT_TOLERANCE_PX."""
+    lookalike of the source shape the world draws (a turned square made a triangle may point four ways, a circle
+    made a triangle any way, a turned triangle made a circle may be centred on three points): the picture does
+    not say which the scene's hidden angle meant, and their centres lie up to 17 px apart, more than
+    LAYOUT_TOLERANCE_PX."""
     if pair["attribute"] != "shape":
         return pair["edited_image"]
     renders = twin_renders(pair["scene"], pair["attribute"], pair["value"], pair["index"],

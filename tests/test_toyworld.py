@@ -524,7 +524,8 @@ def test_lookalikes_render_the_same_picture_and_their_twins_differ():
                 assert render(other, size).tobytes() == render(sc, size).tobytes()
         kind = rng.choice([k for k in SHAPES if k != sc.shapes[i].kind])
         twins = edited_twins(sc, "shape", kind, index=i)
-        assert twins[0] == edit_scene(sc, "shape", kind, index=i) and len(twins) == len(looks)
+        upright = sc.shapes[i].kind != "circle" and sc.shapes[i].angle == 0  # drawn upright: one twin
+        assert twins[0] == edit_scene(sc, "shape", kind, index=i) and len(twins) == (1 if upright else len(looks))
         assert all(t.shapes[i].kind == kind and t.background == sc.background for t in twins)
         assert edited_twins(sc, "background", world.valid_edit_values(sc, "background")[0], i) == \
             [edit_scene(sc, "background", world.valid_edit_values(sc, "background")[0], i)]

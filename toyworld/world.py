@@ -317,9 +317,13 @@ def lookalikes(shape: Shape) -> list[Shape]:
 
 
 def edited_twins(scene: Scene, attribute: str, new_value: str, index: int = 0) -> list[Scene]:
-    """Every twin the picture of ``scene`` allows, :func:`edit_scene`'s first: one for a colour or background
-    edit; for an edit of kind, one per lookalike of the edited shape (they differ: see :func:`lookalikes`)."""
-    if attribute != "shape":
+    """Every twin the world could have meant by the picture of ``scene``, :func:`edit_scene`'s first: one for a
+    colour or background edit; for an edit of kind, one per lookalike of the edited shape (they differ: see
+    :func:`lookalikes`) that the world draws.  It draws a shape upright (angle 0) or at a uniform angle, so an
+    upright square or triangle was drawn upright (a turned one lands on a quarter or third turn with chance
+    zero) and has one twin; a turned one may be any of its lookalikes, equally likely, and a circle any angle."""
+    shape = scene.shapes[index] if attribute != "background" else None
+    if attribute != "shape" or (shape.kind != "circle" and shape.angle % 360 == 0):
         return [edit_scene(scene, attribute, new_value, index)]
     twins = []
     for look in lookalikes(scene.shapes[index]):
