@@ -308,8 +308,8 @@ def lookalikes(shape: Shape) -> list[Shape]:
         turns = 360.0 / SYMMETRY_TURNS[shape.kind] * np.arange(SYMMETRY_TURNS[shape.kind])
     cx, cy = centroid(shape)
     dx, dy = shape.x - cx, shape.y - cy
-    out = []
-    for turn in turns:
+    out = [shape]  # itself, exactly (turning by 0 about the centroid could round its (x, y))
+    for turn in turns[1:]:
         c, s = np.cos(np.deg2rad(turn)), np.sin(np.deg2rad(turn))
         out.append(Shape(shape.kind, shape.colour, shape.size, float(cx + c * dx - s * dy),
                          float(cy + s * dx + c * dy), float((shape.angle + turn) % 360)))
