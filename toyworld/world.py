@@ -322,8 +322,7 @@ def edited_twins(scene: Scene, attribute: str, new_value: str, index: int = 0) -
     :func:`lookalikes`) that the world draws.  It draws a shape upright (angle 0) or at a uniform angle, so an
     upright square or triangle was drawn upright (a turned one lands on a quarter or third turn with chance
     zero) and has one twin; a turned one may be any of its lookalikes, equally likely, and a circle any angle."""
-    shape = scene.shapes[index] if attribute != "background" else None
-    if attribute != "shape" or (shape.kind != "circle" and shape.angle % 360 == 0):
+    if attribute != "shape" or (scene.shapes[index].kind != "circle" and scene.shapes[index].angle % 360 == 0):
         return [edit_scene(scene, attribute, new_value, index)]
     twins = []
     for look in lookalikes(scene.shapes[index]):
