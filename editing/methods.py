@@ -61,7 +61,8 @@ def p2p_config(request: EditRequest, model, crop: Crop, auto_masks: torch.Tensor
         blend = BlendConfig(words=list(request.blend_words or []), threshold=request.blend_threshold,
                             start=request.blend_start, subtract_words=list(request.blend_subtract), mask=mask)
     return P2PConfig(edit=request.edit, cross_replace=cross, self_replace=request.self_replace,
-                     reweight=dict(request.reweight), blend=blend, **model.attention_limits())
+                     reweight=dict(request.reweight), blend=blend, layout_guidance=request.layout_guidance,
+                     layout_guidance_until=request.layout_guidance_until, **model.attention_limits())
 
 
 def embedding_config(request: EditRequest, default: EmbeddingConfig) -> EmbeddingConfig:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attention.controllers import P2PConfig, PromptToPrompt
+from attention.guidance import LayoutGuidance
 from editing.core.sampling import Conditioning, sample
 from editing.core.ddim import DDIMSchedule
 from inversion.record import Inversion, source_anchors
@@ -41,8 +42,12 @@ def edit_p2p(model, record: Inversion, targets: list[str], config: P2PConfig = P
     controller.store_self = store_self
     n = 1 + len(targets)
     x_T = record.x_T.to(model.device)[None].expand(n, *record.x_T.shape)
-    x0 = sample(model, x_T, edit_conditioning(model, record, targets), schedule, record.guidance,
-                anchors=source_anchors([record], n, model.device), controller=controller, disable=disable,
-                desc="editing")
+    conditioning = edit_conditioning(model, record, targets)
+    guidance = None
+    if config.layout_guidance > 0:
+        guidance = LayoutGuidance(model, controller, [record.prompt, *targets], conditioning, schedule.timesteps,
+                                  config.layout_guidance, config.layout_guidance_until, config.guidance_max_tokens)
+    x0 = sample(model, x_T, conditioning, schedule, record.guidance, anchors=source_anchors([record], n, model.device),
+                controller=controller, callback=guidance, disable=disable, desc="editing")
     images = model.decode_latents(x0)
     return EditResult(reconstruction=images[0], edits=list(images[1:]), controller=controller)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from attention.controllers import EDIT_MODES
+from attention.controllers import EDIT_MODES, GUIDANCE_UNTIL
 from editing.core.errors import UserError
 from editing.core.image_io import MAX_IMAGE_PIXELS, Crop
 from editing.null_finetune import DEFAULT_INNER_STEPS
@@ -133,6 +133,8 @@ class EditRequest:
     blend_threshold: float = 0.3  # the reference's local blend threshold
     blend_start: float = 0.2  # fraction of steps before blending starts
     mask: str | None = None  # a mask image (white = may change) instead of blend words, or "auto"
+    layout_guidance: float = 0.0  # cross-attention guidance's step on the edit latents (attention/guidance.py); 0: off
+    layout_guidance_until: float = GUIDANCE_UNTIL  # the fraction of the steps it guides
     # null-finetune, learned-embedding, imagic (None: the method's own default)
     finetune_steps: int | None = None
     finetune_inner: int = DEFAULT_INNER_STEPS
@@ -176,6 +178,7 @@ class EditRequest:
                                 ("embed_steps", 1, None), ("unet_steps", 0, None), ("max_pixels", 1, None)):
             put(name, _finite(getattr(self, name), f"--{name.replace('_', '-')}", low, high, int))
         for name, low, high in (("guidance", 0, None), ("blend_threshold", 0, 1), ("blend_start", 0, 1),
+                                ("layout_guidance", 0, None), ("layout_guidance_until", 0, 1),
                                 ("eta", None, None), ("embed_lr", 0, None), ("embed_lambda", 0, None),
                                 ("unet_lr", 0, None)):
             put(name, _finite(getattr(self, name), f"--{name.replace('_', '-')}", low, high))
@@ -208,6 +211,8 @@ class EditRequest:
                 raise UserError(f"--{name.replace('_', '-')} must be between 0 and --steps ({self.steps}), got {value}")
         if self.mask and self.method != "p2p":
             raise UserError(f"--mask is P2P's local blend: it applies to --method p2p, not {self.method}")
+        if self.layout_guidance and self.method != "p2p":
+            raise UserError(f"--layout-guidance guides P2P's edit rows: it applies to --method p2p, not {self.method}")
         if self.blend_words is not None and not self.blend_words:
             raise UserError("--blend-words needs at least one word")
 

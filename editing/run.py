@@ -46,7 +46,7 @@ from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT
 from editing.finetune_embedding import DEFAULT_FINETUNE_K
 from editing.null_finetune import DEFAULT_INNER_STEPS, DEFAULT_K
 from editing.request import EDIT_METHODS, EditRequest
-from attention.controllers import EDIT_MODES
+from attention.controllers import EDIT_MODES, GUIDANCE_UNTIL
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
@@ -81,6 +81,12 @@ def build_parser() -> Parser:
     p.add_argument("--mask", default=None,
                    help="a mask image (white = may change) instead of blend words, or 'auto': where the source and "
                         "target captions' noise predictions disagree (DiffEdit's mask; written as mask.png)")
+    p.add_argument("--layout-guidance", type=float, default=0.0, metavar="SCALE",
+                   help="hold the layout: after each step the edit latents take a gradient step of this size towards "
+                        "the source's cross-attention maps (pix2pix-zero's guidance; 0 = off, the default; 10 on the "
+                        "toy world)")
+    p.add_argument("--layout-guidance-until", type=float, default=GUIDANCE_UNTIL, metavar="F",
+                   help=f"fraction of the steps layout guidance acts on (default {GUIDANCE_UNTIL})")
     g = p.add_argument_group("null-finetune, learned-embedding, imagic and finetune-embedding")
     g.add_argument("--finetune-steps", type=int, default=None, metavar="K",
                    help=f"null-finetune, finetune-embedding: fine-tune the nulls of the first K steps (default "

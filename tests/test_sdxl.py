@@ -387,8 +387,9 @@ def test_the_photo_s_size_and_crop_reach_every_prompt(model):
 def test_sdxl_attention_limits_keep_both_resolutions_and_heatmaps_work(model, p2p_record, session_photos):
     from attention.heatmaps import cross_attention_heatmaps
 
-    limits = model.attention_limits()  # the 16 x 16 latents: maps up to 8 x 8, self-attention injected at 4 x 4
-    assert limits == {"store_max_tokens": 8 * 8, "self_replace_max_tokens": 4 * 4}
+    # the 16 x 16 latents: maps up to 8 x 8, self-attention injected at 4 x 4, layout guidance by the 4 x 4 maps
+    limits = model.attention_limits()
+    assert limits == {"store_max_tokens": 8 * 8, "self_replace_max_tokens": 4 * 4, "guidance_max_tokens": 4 * 4}
     targets = ["a tiger sitting on a mirror"]
     controller = Checked(p2p_record.prompt, targets, model.tokenizer, P2P_STEPS,
                          P2PConfig(edit="replace", cross_replace=1.0, self_replace=1.0, **limits))

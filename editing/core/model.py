@@ -142,8 +142,13 @@ class Model:
         return f"{self.fingerprint}:{key}" if key else self.fingerprint
 
     def attention_limits(self) -> dict:
-        """Prompt-to-Prompt's map-size limits for this model (P2PConfig fields); {} keeps the reference's."""
-        return {}
+        """Prompt-to-Prompt's map-size limits for this model (P2PConfig fields; the others keep the reference's).
+
+        Layout guidance follows the attention levels coarser than the finest (maps of at most half the latent
+        side): on the toy world's 16 x 16 latents the 8 x 8 and 4 x 4 maps held the layout as well as every
+        level did and lost fewer edits (benchmarks/RESULTS.md, "Layout guidance")."""
+        side = self.resolution // self.vae_scale_factor
+        return {"guidance_max_tokens": (side // 2) ** 2}
 
     def fingerprint_modules(self) -> tuple:
         """The components whose configs and weights enter the fingerprint."""

@@ -96,9 +96,11 @@ class SDXLModel(Model):
         """The reference's rule at SD's 512 px (maps kept up to half the latent side, 32 x 32; self-attention
         injected up to a quarter, 16 x 16), applied to SDXL's latents: at 1024 px the maps of both attention
         resolutions that exist, 64 x 64 and 32 x 32, are kept, and self-attention is injected at 32 x 32
-        (SDXL has no 16 x 16 attention, so the SD limits would inject none)."""
+        (SDXL has no 16 x 16 attention, so the SD limits would inject none). Layout guidance follows the levels
+        coarser than the finest, as on SD: at 1024 px the 32 x 32 maps."""
         side = self.resolution // self.vae_scale_factor
-        return {"store_max_tokens": (side // 2) ** 2, "self_replace_max_tokens": (side // 4) ** 2}
+        return {"store_max_tokens": (side // 2) ** 2, "self_replace_max_tokens": (side // 4) ** 2,
+                "guidance_max_tokens": (side // 4) ** 2}
 
     def fingerprint_modules(self) -> tuple:
         return self.unet, self.vae, self.text_encoder, self.text_encoder_2
