@@ -24,8 +24,8 @@ EDIT_MODES = ("replace", "refine", "auto")
 # layout guidance (attention/guidance.py) follows the maps of at most 32x32 queries: at SD's 512 px the levels
 # coarser than the finest (64 x 64); a model's attention_limits() sets it by its own latent size
 GUIDANCE_MAX_TOKENS = 32 * 32
-# guide the first half of the steps: on the toy world guiding every step held the layout and lost the edit (an
-# edit made 0.73 of the time against 0.97), guiding half held it as well and kept the edit (0.93; RESULTS.md)
+# guide the first half of the steps: on the toy world (first 30 scenes) guiding every step held the layout and
+# lost the edit (made 0.73 of the time against 0.97), guiding half held it as well and kept it (0.93; RESULTS.md)
 GUIDANCE_UNTIL = 0.5
 
 
