@@ -244,13 +244,17 @@ class PromptToPrompt(AttentionStore):
         start, end = self.self_window
         return start <= step < end and queries <= self.config.self_replace_max_tokens
 
+    def onto_targets(self, base: torch.Tensor) -> torch.Tensor:
+        """Source maps (..., L) on each target's tokens -> (n_t, ..., L) (Refine: inserted tokens not blended)."""
+        if self.mode == "replace":
+            return torch.einsum("...l,nlm->n...m", base, self.mapper.to(base))
+        return base[..., self.mapper.to(base.device)].movedim(-2, 0)
+
     def replace_cross(self, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Source maps (heads, Q, L) mapped onto each target's tokens -> (n_t, heads, Q, L)."""
-        if self.mode == "replace":
-            mapped = torch.einsum("hql,nlm->nhqm", base, self.mapper.to(base))
-        else:
+        mapped = self.onto_targets(base)
+        if self.mode == "refine":
             alphas = self.refine_alphas.to(base)[:, None, None, :]  # (n_t, 1, 1, L)
-            mapped = base[:, :, self.mapper.to(base.device)].permute(2, 0, 1, 3)  # (n_t, heads, Q, L)
             mapped = mapped * alphas + targets * (1 - alphas)  # inserted tokens keep their own attention
         if self.equalizer is not None:
             mapped = mapped * self.equalizer.to(base)[:, None, None, :]

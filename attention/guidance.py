@@ -71,11 +71,8 @@ class LayoutGuidance:
         self.weights = word_weights(controller, prompts, model.tokenizer)
 
     def reference(self, maps: torch.Tensor) -> torch.Tensor:
-        """The source's maps (Q, L) on each target's tokens: (n_targets, Q, L)."""
-        mapper = self.controller.mapper.to(maps.device)
-        if self.controller.mode == "replace":
-            return torch.einsum("ql,nlm->nqm", maps, mapper.to(maps.dtype))
-        return maps[:, mapper].permute(1, 0, 2)
+        """The source's maps (Q, L) on each target's tokens: (n_targets, Q, L), as P2P maps them."""
+        return self.controller.onto_targets(maps)
 
     @torch.enable_grad()
     def __call__(self, i: int, x: torch.Tensor) -> torch.Tensor | None:
