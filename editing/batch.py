@@ -55,10 +55,11 @@ from editing import run
 from editing.inversion_cache import InversionCache
 from editing.methods import check_for_model, finished_summary, inversion_config, run_edit, same_edit
 from editing.pie_bench import is_pie_entry, read_entry
-from editing.request import EditRequest
+from editing.request import AUTO_DEPTH, EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
+from inversion.invert import FULL_DEPTH
 from editing.core.image_io import prepare_image, read_image
 from editing.core.outputs import OutputFolder, unique_names
 from editing.core.loading import load_model
@@ -265,9 +266,15 @@ def describe(exc: BaseException) -> str:
 def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: InversionCache, out: OutputFolder,
              debug: bool) -> dict:
     folder = out.child(job.name)
+
+    def inversion_key(depth) -> str:
+        request = job.request.replace(depth=depth)
+        return cache.key(model, image, request.source_prompt, inversion_config(request))
+
     key = None
-    if job.request.uses_source:
-        key = cache.key(model, image, job.request.source_prompt, inversion_config(job.request))
+    if job.request.uses_source and job.request.depth != AUTO_DEPTH:
+        key = inversion_key(job.request.depth)
+    summary = None
     try:
         folder.path("summary.json").unlink(missing_ok=True)  # else old outputs beside new ones would look finished
         for stale in folder.folder.glob(".*.tmp"):  # what a killed run was writing when it died (the lock: no other)
@@ -278,6 +285,8 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
             traceback.print_exc()
         return entry(job, "failed", describe(exc))
     finally:  # the first image to use a fresh inversion is charged with it; later ones reuse it
+        if job.request.depth == AUTO_DEPTH and summary is not None:  # the depth its mask chose
+            key = inversion_key(summary.get("depth", FULL_DEPTH))
         inversion_s = cache.computed.pop(key, None)
     timings = {"load": round(load_s, 3), "inversion": round(inversion_s or 0.0, 3), **summary["timings_s"]}
     inversion = "not needed" if key is None else "reused" if inversion_s is None else "computed"

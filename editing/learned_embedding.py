@@ -23,7 +23,6 @@ from editing.embedding import EmbeddingConfig, optimise_embedding
 from editing.core.conditioning import trainable
 from editing.core.errors import UserError
 from editing.core.sampling import Conditioning, sample
-from editing.core.ddim import DDIMSchedule
 from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion
 
@@ -94,7 +93,7 @@ def interpolation_conditioning(e_opt: torch.Tensor, e_tgt: torch.Tensor, setting
 def generate(model, record: Inversion, e_opt: torch.Tensor, e_tgt: torch.Tensor,
              settings: list[tuple[float, int]], disable: bool = False) -> np.ndarray:
     """Sample record.x_T once per (eta, N) setting, with the record's unconditional embeddings."""
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    schedule = record.schedule(model.scheduler)
     batch = len(settings)
     cond = interpolation_conditioning(e_opt, e_tgt, settings, record.steps)
     uncond = record.uncond_schedule(e_opt, model.encode_prompts([""]), rows=batch)

@@ -28,6 +28,7 @@ from editing.core.outputs import OutputFolder, refuse_input
 from editing.core.model import DTYPES
 from editing.core.speed import speed_summary, unet_checkpointing
 from editing.embedding import EmbeddingConfig
+from editing.extent import depth_for
 from editing.finetune_embedding import DEFAULT_FINETUNE_K, FINETUNE_EMBEDDING, FinetuneEmbeddingConfig, \
     edit_finetune_embedding
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
@@ -36,7 +37,7 @@ from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT
     DEFAULT_INTERP_STEPS as LE_INTERP_STEPS, LearnedEmbeddingConfig, edit_learned_embedding
 from editing.null_finetune import DEFAULT_K, NullFinetuneConfig, edit_null_finetune
 from editing.p2p import edit_p2p
-from editing.request import AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
+from editing.request import AUTO_DEPTH, AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
 from editing.core.errors import UserError
 from inversion.invert import InversionConfig, invert
 from inversion.null_text import NullTextConfig
@@ -73,8 +74,11 @@ def embedding_config(request: EditRequest, default: EmbeddingConfig) -> Embeddin
 
 
 def inversion_config(request: EditRequest, keep_trajectory: bool = False) -> InversionConfig:
+    if request.depth == AUTO_DEPTH:
+        raise ValueError("--depth auto is chosen per edit (editing/extent.py): replace it by the depth chosen first")
     return InversionConfig(method=request.inversion, steps=request.steps, guidance=request.guidance,
-                           null_text=NullTextConfig(inner_steps=request.inner_steps), keep_trajectory=keep_trajectory)
+                           null_text=NullTextConfig(inner_steps=request.inner_steps), keep_trajectory=keep_trajectory,
+                           depth=request.depth)
 
 
 def default_invert(model, image, prompt: str, config: InversionConfig, disable: bool) -> Inversion:
@@ -112,20 +116,26 @@ def run_p2p(model, image, request: EditRequest, invert_source, disable) -> Metho
     PromptToPrompt(request.source_prompt, request.target_prompts, model.tokenizer, request.steps, config)
     t0 = time.perf_counter()
     masks = None
-    if request.mask == AUTO_MASK:
+    if request.mask == AUTO_MASK or request.depth == AUTO_DEPTH:
         masks = disagreement_masks(model, image, request.source_prompt, list(request.target_prompts), request.seed)
+    if request.mask == AUTO_MASK:
         config = p2p_config(request, model, request.crop, masks)
+    if request.depth == AUTO_DEPTH:  # a local edit is inverted part of the way, one of the whole picture fully
+        request = request.replace(depth=depth_for(masks))
     record = source_record(model, image, request, invert_source, disable)
     t1 = time.perf_counter()
     result = edit_p2p(model, record, request.target_prompts, config, store_self=request.attention_maps, disable=disable)
     t2 = time.perf_counter()
     summary = {"inversion": record.method, "steps": record.steps, "guidance": record.guidance,
                "edit": result.controller.mode}
+    if record.depth != 1.0:  # steps is then the steps run, of the schedule's params["steps"]
+        summary["depth"] = record.depth
     if result.controller.mode != config.edit:
         summary["note"] = f"--edit auto chose {result.controller.mode}"
     pictures = []
-    if masks is not None:  # the share of the image each edit may change, and the masks as --mask pictures
+    if masks is not None:  # the share of the image each edit may change
         summary["auto_mask_share"] = [round(float(m.mean()), 4) for m in masks]
+    if request.mask == AUTO_MASK:  # and the masks as --mask pictures
         pictures = [mask_picture(m, image.shape) for m in masks]
     return MethodOutput(result.reconstruction, result.edits, stage_times(t1 - t0, 0.0, t2 - t1), summary=summary,
                         attention=result.controller, masks=pictures)

@@ -24,7 +24,6 @@ import torch
 from editing.core.conditioning import is_per_step
 from editing.core.errors import UserError
 from editing.core.sampling import Conditioning, sample
-from editing.core.ddim import DDIMSchedule
 from inversion.ddim import ddim_inversion
 from inversion.null_text import NullTextConfig, optimise_nulls
 from inversion.record import Inversion
@@ -65,7 +64,7 @@ def pivot(model, record: Inversion, image: np.ndarray, disable: bool = False) ->
     recomputed from the photo (DDIM inversion is deterministic, so it is the same pivot)."""
     if record.trajectory is not None:
         return [x[None].to(model.device) for x in record.trajectory]
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    schedule = record.schedule(model.scheduler)
     return ddim_inversion(model.unet_output, model.encode_images(image[None]), record.source_embedding(model),
                           schedule, disable=disable)
 
@@ -81,7 +80,7 @@ def finetune_nulls(model, record: Inversion, trajectory: list[torch.Tensor], tar
         raise UserError(f"the fine-tuning steps K must be between 0 and {record.steps}, got {k}")
     if k == 0:
         return []
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    schedule = record.schedule(model.scheduler)
     cond = model.encode_prompts([target]) if isinstance(target, str) else target
     init = original_nulls(model, record)
     return optimise_nulls(model, trajectory, cond, init, schedule, record.guidance, config, num_steps=k,
@@ -98,7 +97,7 @@ def generate(model, record: Inversion, prompts: list[str] | torch.Tensor, ks: li
              finetuned: list[torch.Tensor], disable: bool = False) -> np.ndarray:
     """Sample record.x_T once per (prompt, K): fine-tuned nulls for steps < K, the record's after.
     prompts: one per K, or their embeddings (len(ks), L, D)."""
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    schedule = record.schedule(model.scheduler)
     base = original_nulls(model, record)
     uncond = [torch.cat([finetuned[i] if i < k else base[i] for k in ks]) for i in range(record.steps)]
     x_T = record.x_T.to(model.device)[None].expand(len(ks), *record.x_T.shape)

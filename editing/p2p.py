@@ -15,7 +15,6 @@ import numpy as np
 from attention.controllers import P2PConfig, PromptToPrompt
 from attention.guidance import LayoutGuidance
 from editing.core.sampling import Conditioning, sample
-from editing.core.ddim import DDIMSchedule
 from inversion.record import Inversion, source_anchors
 
 
@@ -37,7 +36,7 @@ def edit_conditioning(model, record: Inversion, targets: list[str]) -> Condition
 def edit_p2p(model, record: Inversion, targets: list[str], config: P2PConfig = P2PConfig(),
              store_self: bool = False, disable: bool = False) -> EditResult:
     """Edit one inverted photo towards each target prompt with attention injection."""
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, record.steps)
+    schedule = record.schedule(model.scheduler)
     controller = PromptToPrompt(record.prompt, targets, model.tokenizer, record.steps, config)
     controller.store_self = store_self
     n = 1 + len(targets)

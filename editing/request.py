@@ -17,12 +17,13 @@ from attention.controllers import EDIT_MODES, GUIDANCE_UNTIL
 from editing.core.errors import UserError
 from editing.core.image_io import MAX_IMAGE_PIXELS, Crop
 from editing.null_finetune import DEFAULT_INNER_STEPS
-from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, FULL_DEPTH
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
 EDIT_METHODS = ("p2p", "null-finetune", "learned-embedding", "imagic", "finetune-embedding")
 SOURCE_METHODS = ("p2p", "null-finetune")  # the methods that invert the photo under its source prompt
+AUTO_DEPTH = "auto"  # --depth auto: chosen per edit by its extent (editing/extent.py), not a number
 AUTO_MASK = "auto"  # --mask auto: the region where the captions disagree (editing/auto_mask.py), not a file
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
@@ -120,6 +121,7 @@ class EditRequest:
     inversion: str = "null-text"
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
+    depth: float | str = FULL_DEPTH  # p2p: invert (and edit) through the last depth * steps steps only; or "auto"
     inner_steps: int = NullTextConfig.inner_steps  # null-text Adam steps per timestep
     seed: int = 0
     # Prompt-to-Prompt
@@ -182,6 +184,10 @@ class EditRequest:
                                 ("eta", None, None), ("embed_lr", 0, None), ("embed_lambda", 0, None),
                                 ("unet_lr", 0, None)):
             put(name, _finite(getattr(self, name), f"--{name.replace('_', '-')}", low, high))
+        if str(self.depth).strip().lower() == AUTO_DEPTH:
+            put("depth", AUTO_DEPTH)
+        else:
+            put("depth", _finite(self.depth, "--depth (a fraction of the steps, or auto)", 0, 1))
         self._check()
 
     def _check(self) -> None:
@@ -213,6 +219,12 @@ class EditRequest:
             raise UserError(f"--mask is P2P's local blend: it applies to --method p2p, not {self.method}")
         if self.layout_guidance and self.method != "p2p":
             raise UserError(f"--layout-guidance guides P2P's edit rows: it applies to --method p2p, not {self.method}")
+        if self.depth == 0:
+            raise UserError("--depth must be more than 0 (a fraction of the steps, up to 1), got 0")
+        if self.depth != FULL_DEPTH and self.method != "p2p":
+            raise UserError(f"--depth inverts part of the way for P2P: it applies to --method p2p, not {self.method}")
+        if self.depth != FULL_DEPTH and self.inversion_file:
+            raise UserError("--depth is the inversion's: a reused --inversion-file keeps the depth it was made with")
         if self.blend_words is not None and not self.blend_words:
             raise UserError("--blend-words needs at least one word")
 

@@ -47,7 +47,7 @@ from editing.finetune_embedding import DEFAULT_FINETUNE_K
 from editing.null_finetune import DEFAULT_INNER_STEPS, DEFAULT_K
 from editing.request import EDIT_METHODS, EditRequest
 from attention.controllers import EDIT_MODES, GUIDANCE_UNTIL
-from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, FULL_DEPTH
 from inversion.null_text import NullTextConfig
 from inversion.record import METHODS as INVERSIONS
 
@@ -131,6 +131,11 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
+    p.add_argument("--depth", default=FULL_DEPTH, metavar="F|auto",
+                   help="p2p: invert the photo only through the last F of the steps and edit from there (SDEdit's "
+                        "strength): less noise keeps the layout, but edits of the whole picture (a background) need "
+                        "the noisy steps. auto: 0.6 where the captions disagree on under 0.9 of the picture, else 1 "
+                        "(editing/extent.py). Default 1 (all the way)")
     p.add_argument("--inner-steps", type=int, default=NullTextConfig.inner_steps,
                    help="null-text Adam steps per timestep (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

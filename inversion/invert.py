@@ -26,6 +26,7 @@ from inversion.record import METHODS, Inversion, embedding_digest, fingerprint_p
 
 DEFAULT_STEPS = 50  # the reference's NUM_DDIM_STEPS
 DEFAULT_GUIDANCE = 7.5  # the reference's GUIDANCE_SCALE
+FULL_DEPTH = 1.0  # invert all the way to x_T, as every paper in the family does
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,20 @@ class InversionConfig:
     guidance: float = DEFAULT_GUIDANCE
     null_text: NullTextConfig = field(default_factory=NullTextConfig)
     keep_trajectory: bool = False  # store x_0..x_T in the record (null-text fine-tuning; direct always does)
+    depth: float = FULL_DEPTH  # invert through the last depth * steps steps only (editing/core/ddim.py run_steps)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise UserError(f"unknown inversion method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.steps < 1:
             raise UserError(f"steps must be at least 1, got {self.steps}")
+        if not 0.0 < self.depth <= 1.0:  # also refuses nan
+            raise UserError(f"depth must be a fraction in (0, 1], got {self.depth}")
 
     def params(self) -> dict:
         params = {"steps": self.steps, "guidance": self.guidance}
+        if self.depth != FULL_DEPTH:  # absent at full depth: the records (and caches) of earlier versions still match
+            params["depth"] = self.depth
         if self.method == "null-text":
             params["null_text"] = self.null_text.to_dict()
         return params
@@ -59,7 +65,7 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
     if len(images) != len(prompts):
         raise UserError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
     start = time.perf_counter()
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, config.steps)
+    schedule = DDIMSchedule.from_scheduler(model.scheduler, config.steps, config.depth)
     learned = cond is not None
     cond = model.encode_prompts(prompts) if cond is None else cond.detach().float().to(model.device)  # (B, L, D)
     empty = model.encode_prompts([""]).expand_as(cond)  # (B, L, D)
@@ -94,10 +100,10 @@ def invert(model, images: np.ndarray, prompts: list[str], config: InversionConfi
 
 def source_conditioning(model, records: list[Inversion]) -> tuple[Conditioning, DDIMSchedule]:
     """The conditioning that reproduces each record's photo, one row per record."""
-    steps = {r.steps for r in records}
-    if len(steps) != 1:
-        raise UserError(f"records with different step counts {sorted(steps)} cannot be sampled together")
-    schedule = DDIMSchedule.from_scheduler(model.scheduler, steps.pop())
+    runs = {(r.params["steps"], r.depth) for r in records}
+    if len(runs) != 1:
+        raise UserError(f"records with different step counts or depths {sorted(runs)} cannot be sampled together")
+    schedule = records[0].schedule(model.scheduler)
     sources = torch.cat([r.source_embedding(model) for r in records])  # (B, L, D)
     empty = model.encode_prompts([""])
     per_row = [r.uncond_schedule(sources[b:b + 1], empty) for b, r in enumerate(records)]

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editing.core.conditioning import from_named, named_tensors
+from editing.core.ddim import DDIMSchedule, run_steps
 from editing.core.errors import UserError
 from editing.core.files import atomic_path
 from editing.core.sampling import Anchors
@@ -93,7 +94,16 @@ class Inversion:
 
     @property
     def steps(self) -> int:
-        return int(self.params["steps"])
+        """The DDIM steps run (one null, offset or trajectory step each): all of params' steps at full depth."""
+        return run_steps(int(self.params["steps"]), self.depth)
+
+    @property
+    def depth(self) -> float:
+        return float(self.params.get("depth", 1.0))
+
+    def schedule(self, scheduler) -> DDIMSchedule:
+        """The DDIM schedule the photo was inverted on, and that sampling it must follow."""
+        return DDIMSchedule.from_scheduler(scheduler, int(self.params["steps"]), self.depth)
 
     @property
     def guidance(self) -> float:

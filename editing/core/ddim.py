@@ -26,13 +26,16 @@ class DDIMSchedule:
     stride: int
 
     @classmethod
-    def from_scheduler(cls, scheduler, steps: int) -> "DDIMSchedule":
+    def from_scheduler(cls, scheduler, steps: int, depth: float = 1.0) -> "DDIMSchedule":
+        """The schedule of `steps` DDIM steps; with depth < 1 only its last `run_steps(steps, depth)` steps,
+        the least noisy ones (SDEdit's partial noising, Meng et al.): a run from x_0 that far and back."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         scheduler.set_timesteps(steps)
         num_train = scheduler.config.num_train_timesteps
+        run = run_steps(steps, depth)
         return cls(
-            timesteps=tuple(int(t) for t in scheduler.timesteps),
+            timesteps=tuple(int(t) for t in scheduler.timesteps)[-run:],
             alphas_cumprod=scheduler.alphas_cumprod.detach().double().cpu(),
             final_alpha_cumprod=float(scheduler.final_alpha_cumprod),
             prediction_type=scheduler.config.prediction_type,
@@ -45,6 +48,13 @@ class DDIMSchedule:
     def prev(self, t: int) -> int:
         """The level one sampling step below t (may be negative: then a = final_alpha_cumprod)."""
         return t - self.stride
+
+
+def run_steps(steps: int, depth: float) -> int:
+    """How many of `steps` DDIM steps a run of this depth (a fraction in (0, 1]) takes: at least one."""
+    if not 0.0 < depth <= 1.0:  # also refuses nan
+        raise ValueError(f"depth must be a fraction in (0, 1], got {depth}")
+    return max(1, round(steps * depth))
 
 
 def split_output(output: torch.Tensor, x: torch.Tensor, a: float, prediction_type: str):
