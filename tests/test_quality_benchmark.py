@@ -510,3 +510,19 @@ def test_the_report_says_where_the_model_comes_from_and_how_well_it_draws(tmp_pa
     assert "exported from `runs/x/model.checkpoint` at UNet step 1700" in line
     assert "not in the record" in line and "toyworld.score" in line
     assert "None" not in line and "nan" not in line
+
+
+def test_held_out_scenes_are_their_own_scene_set(tmp_path):
+    """--scene-seed draws other scenes (to check settings chosen on the benchmark's); they never resume its edits."""
+    from benchmarks.quality import SEED
+
+    argv = ["--model", "tiny-random", "--parts", "edits", "--n", "2", "--steps", "2", "--batch-size", "2",
+            "--methods", "p2p:direct", "--out", str(tmp_path), "--quiet"]
+    assert run_main(main, argv) == 0
+    assert run_main(main, argv + ["--scene-seed", "4321"]) == 0
+    held_out = json.loads((tmp_path / "quality.json").read_text())
+    assert held_out["scene_set"] == "seed 4321, turned 0.5" and held_out["results"][0]["resumed"] == 0
+    pairs = edit_pairs(4321, 2, size=64, turned_prob=0.5)
+    assert not np.array_equal(pairs[0]["image"], edit_pairs(SEED, 1, size=64, turned_prob=0.5)[0]["image"])
+    source = read_image(tmp_path / "edits" / "p2p-direct" / "000" / "source.png")
+    assert np.array_equal(source, pairs[0]["image"])
