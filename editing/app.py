@@ -70,7 +70,7 @@ SECURITY_HEADERS = {
 # The request fields the page offers, with EditRequest's own defaults (never restated here).
 PAGE_FIELDS = ("source_prompt", "target_prompts", "method", "inversion", "steps", "guidance", "inner_steps",
                "seed", "edit", "cross_replace", "self_replace", "reweight", "blend_words", "blend_threshold",
-               "blend_start", "layout_guidance", "finetune_steps", "finetune_inner", "eta", "interp_steps", "embed_steps",
+               "blend_start", "layout_guidance", "depth", "finetune_steps", "finetune_inner", "eta", "interp_steps", "embed_steps",
                "unet_steps", "sweep", "crop")
 
 

@@ -242,6 +242,18 @@ def test_a_mask_from_the_captions_is_shown_beside_the_edits(tiny_server):
     assert f"{summary['auto_mask_share'][0]:.0%} of the image" in masks[0]["caption"]
 
 
+def test_the_inversion_depth_is_the_request_s_and_auto_is_chosen_per_photo(tiny_server):
+    upload = tiny_server.upload(TOY)
+    view = tiny_server.run(upload, {"source_prompt": SOURCE, "target_prompts": [BLUE], "depth": "auto", **TINY_FAST})
+    assert view["state"] == "done", view["message"]
+    summary = json.loads((tiny_server.editor.out / view["id"] / "summary.json").read_text())
+    assert summary["request"]["depth"] == "auto" and "auto_mask_share" in summary
+    assert summary.get("depth", 1.0) in (0.6, 1.0)  # the tiny model's mask decides which
+    status, bad = tiny_server.submit(upload, {"source_prompt": SOURCE, "target_prompts": [BLUE], "depth": "deep",
+                                              **TINY_FAST})
+    assert status == 400 and bad["error"].startswith("--depth") and "auto" in bad["error"]
+
+
 def test_runs_wait_in_one_queue_and_stop_ends_the_running_one(tiny_server):
     upload = tiny_server.upload(TOY)
     long = {"source_prompt": SOURCE, "target_prompts": [BLUE], "steps": "200", "inner_steps": "20"}
