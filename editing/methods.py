@@ -39,7 +39,7 @@ from editing.null_finetune import DEFAULT_K, NullFinetuneConfig, edit_null_finet
 from editing.p2p import edit_p2p
 from editing.request import AUTO_DEPTH, AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
 from editing.core.errors import UserError
-from inversion.invert import InversionConfig, invert
+from inversion.invert import FULL_DEPTH, InversionConfig, invert
 from inversion.null_text import NullTextConfig
 from inversion.record import Inversion
 
@@ -128,7 +128,7 @@ def run_p2p(model, image, request: EditRequest, invert_source, disable) -> Metho
     t2 = time.perf_counter()
     summary = {"inversion": record.method, "steps": record.steps, "guidance": record.guidance,
                "edit": result.controller.mode}
-    if record.depth != 1.0:  # steps is then the steps run, of the schedule's params["steps"]
+    if record.depth != FULL_DEPTH:  # steps is then the steps run, of the schedule's params["steps"]
         summary["depth"] = record.depth
     if result.controller.mode != config.edit:
         summary["note"] = f"--edit auto chose {result.controller.mode}"

@@ -18,7 +18,7 @@ import torch
 from editing.core.conditioning import is_per_step
 from editing.core.errors import UserError
 from editing.core.sampling import Conditioning, check_finite, sample
-from editing.core.ddim import DDIMSchedule
+from editing.core.ddim import FULL_DEPTH, DDIMSchedule, run_steps
 from inversion.ddim import ddim_inversion
 from inversion.direct import direct_offsets
 from inversion.null_text import NullTextConfig, optimise_nulls
@@ -26,7 +26,6 @@ from inversion.record import METHODS, Inversion, embedding_digest, fingerprint_p
 
 DEFAULT_STEPS = 50  # the reference's NUM_DDIM_STEPS
 DEFAULT_GUIDANCE = 7.5  # the reference's GUIDANCE_SCALE
-FULL_DEPTH = 1.0  # invert all the way to x_T, as every paper in the family does
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,10 @@ class InversionConfig:
             raise UserError(f"unknown inversion method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.steps < 1:
             raise UserError(f"steps must be at least 1, got {self.steps}")
-        if not 0.0 < self.depth <= 1.0:  # also refuses nan
-            raise UserError(f"depth must be a fraction in (0, 1], got {self.depth}")
+        try:
+            run_steps(self.steps, self.depth)  # the one check of a depth
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def params(self) -> dict:
         params = {"steps": self.steps, "guidance": self.guidance}

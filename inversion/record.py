@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editing.core.conditioning import from_named, named_tensors
-from editing.core.ddim import DDIMSchedule, run_steps
+from editing.core.ddim import FULL_DEPTH, DDIMSchedule, run_steps
 from editing.core.errors import UserError
 from editing.core.files import atomic_path
 from editing.core.sampling import Anchors
@@ -99,7 +99,7 @@ class Inversion:
 
     @property
     def depth(self) -> float:
-        return float(self.params.get("depth", 1.0))
+        return float(self.params.get("depth", FULL_DEPTH))
 
     def schedule(self, scheduler) -> DDIMSchedule:
         """The DDIM schedule the photo was inverted on, and that sampling it must follow."""

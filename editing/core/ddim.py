@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+FULL_DEPTH = 1.0  # invert all the way to x_T, as every paper in the family does
+
 
 @dataclass(frozen=True)
 class DDIMSchedule:
@@ -26,7 +28,7 @@ class DDIMSchedule:
     stride: int
 
     @classmethod
-    def from_scheduler(cls, scheduler, steps: int, depth: float = 1.0) -> "DDIMSchedule":
+    def from_scheduler(cls, scheduler, steps: int, depth: float = FULL_DEPTH) -> "DDIMSchedule":
         """The schedule of `steps` DDIM steps; with depth < 1 only its last `run_steps(steps, depth)` steps,
         the least noisy ones (SDEdit's partial noising, Meng et al.): a run from x_0 that far and back."""
         if steps < 1:
