@@ -55,7 +55,7 @@ from editing import run
 from editing.inversion_cache import InversionCache
 from editing.methods import check_for_model, finished_summary, inversion_config, run_edit, same_edit
 from editing.pie_bench import is_pie_entry, read_entry
-from editing.request import AUTO_DEPTH, EditRequest
+from editing.request import EditRequest
 from editing.cli import EXIT_FAILURE, EXIT_OK, Parser, apply_config_file, run_main
 from editing.core.files import atomic_write, write_json
 from editing.core.errors import UserError
@@ -267,13 +267,12 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
              debug: bool) -> dict:
     folder = out.child(job.name)
 
-    def inversion_key(depth) -> str:
-        request = job.request.replace(depth=depth)
+    def inversion_key(request) -> str:
         return cache.key(model, image, request.source_prompt, inversion_config(request))
 
     key = None
-    if job.request.uses_source and job.request.depth != AUTO_DEPTH:
-        key = inversion_key(job.request.depth)
+    if job.request.uses_source and not job.request.inverts_by_extent:
+        key = inversion_key(job.request)
     summary = None
     try:
         folder.path("summary.json").unlink(missing_ok=True)  # else old outputs beside new ones would look finished
@@ -285,8 +284,9 @@ def edit_job(job: Job, image: np.ndarray, load_s: float, model, cache: Inversion
             traceback.print_exc()
         return entry(job, "failed", describe(exc))
     finally:  # the first image to use a fresh inversion is charged with it; later ones reuse it
-        if job.request.depth == AUTO_DEPTH and summary is not None:  # the depth its mask chose
-            key = inversion_key(summary.get("depth", FULL_DEPTH))
+        if job.request.inverts_by_extent and summary is not None:  # the depth and guidance its mask chose
+            key = inversion_key(job.request.replace(depth=summary.get("depth", FULL_DEPTH),
+                                                    guidance=summary["guidance"]))
         inversion_s = cache.computed.pop(key, None)
     timings = {"load": round(load_s, 3), "inversion": round(inversion_s or 0.0, 3), **summary["timings_s"]}
     inversion = "not needed" if key is None else "reused" if inversion_s is None else "computed"

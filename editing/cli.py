@@ -101,10 +101,24 @@ def config_value(path: Path, action: argparse.Action, value):
     return _config_item(path, action, value)
 
 
+def number_or_auto(text: str) -> float | str:
+    """An option's value that is a number or the word auto (--guidance, --depth): "auto" as it is, else a float."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"takes a number or auto, got {text!r}") from None
+
+
+number_or_auto.expected = "a number or auto"  # what a config file's error says the option takes
+
+
 def _expected(action: argparse.Action) -> str:
     if action.choices is not None:
         return "one of " + ", ".join(map(str, action.choices))
-    return {int: "a whole number", float: "a number"}.get(action.type, "a text value")
+    return getattr(action.type, "expected", None) or {int: "a whole number", float: "a number"}.get(
+        action.type, "a text value")
 
 
 def _config_item(path: Path, action: argparse.Action, value):

@@ -23,7 +23,7 @@ import numpy as np
 from editing.core.errors import UserError
 from editing.core.outputs import OutputFolder
 from editing.methods import inversion_config
-from editing.request import AUTO_DEPTH, EditRequest
+from editing.request import EditRequest
 from inversion.invert import InversionConfig, invert
 from inversion.record import Inversion, combine, fingerprint_parts
 
@@ -76,8 +76,8 @@ class InversionCache:
         the culprit fails."""
         groups: dict[InversionConfig, dict[str, tuple[np.ndarray, str]]] = {}
         for image, request in edits:
-            # --depth auto is chosen when the edit runs (its mask): that photo is inverted then, alone
-            if request.uses_source and not request.inversion_file and request.depth != AUTO_DEPTH:
+            # --depth/--guidance auto are chosen when the edit runs (its mask): that photo is inverted then, alone
+            if request.uses_source and not request.inversion_file and not request.inverts_by_extent:
                 config = inversion_config(request)
                 key = self.key(model, image, request.source_prompt, config)
                 if not self.has(key):

@@ -28,7 +28,7 @@ from editing.core.outputs import OutputFolder, refuse_input
 from editing.core.model import DTYPES
 from editing.core.speed import speed_summary, unet_checkpointing
 from editing.embedding import EmbeddingConfig
-from editing.extent import depth_for
+from editing.extent import depth_for, guidance_for, layout_guidance_for
 from editing.finetune_embedding import DEFAULT_FINETUNE_K, FINETUNE_EMBEDDING, FinetuneEmbeddingConfig, \
     edit_finetune_embedding
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
@@ -37,7 +37,7 @@ from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT
     DEFAULT_INTERP_STEPS as LE_INTERP_STEPS, LearnedEmbeddingConfig, edit_learned_embedding
 from editing.null_finetune import DEFAULT_K, NullFinetuneConfig, edit_null_finetune
 from editing.p2p import edit_p2p
-from editing.request import AUTO_DEPTH, AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
+from editing.request import AUTO_DEPTH, AUTO_GUIDANCE, AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
 from editing.core.errors import UserError
 from inversion.invert import FULL_DEPTH, InversionConfig, invert
 from inversion.null_text import NullTextConfig
@@ -74,8 +74,9 @@ def embedding_config(request: EditRequest, default: EmbeddingConfig) -> Embeddin
 
 
 def inversion_config(request: EditRequest, keep_trajectory: bool = False) -> InversionConfig:
-    if request.depth == AUTO_DEPTH:
-        raise ValueError("--depth auto is chosen per edit (editing/extent.py): replace it by the depth chosen first")
+    if request.inverts_by_extent:
+        raise ValueError("--depth auto and --guidance auto are chosen per edit (editing/extent.py): replace them by "
+                         "the values chosen first")
     return InversionConfig(method=request.inversion, steps=request.steps, guidance=request.guidance,
                            null_text=NullTextConfig(inner_steps=request.inner_steps), keep_trajectory=keep_trajectory,
                            depth=request.depth)
@@ -110,18 +111,35 @@ def source_record(model, image, request: EditRequest, invert_source, disable: bo
     return record
 
 
+def by_extent(request: EditRequest, masks: torch.Tensor) -> EditRequest:
+    """The request with its "auto" depth, guidance and layout guidance chosen by the extent of these masks
+    (editing/extent.py): a local edit is inverted part of the way and guided gently, one of the whole picture
+    fully and harder."""
+    changes = {}
+    if request.depth == AUTO_DEPTH:
+        changes["depth"] = depth_for(masks)
+    if request.guidance == AUTO_GUIDANCE:
+        changes["guidance"] = guidance_for(masks, request.inversion)
+    if request.layout_guidance == AUTO_GUIDANCE:
+        changes["layout_guidance"] = layout_guidance_for(masks, request.inversion)
+    return request.replace(**changes)
+
+
 def run_p2p(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
-    config = p2p_config(request.replace(mask=request.mask_file), model, request.crop)
+    chosen = request.inverts_by_extent or request.layout_guidance == AUTO_GUIDANCE
+    auto_layout = request.layout_guidance == AUTO_GUIDANCE  # its value is checked once it is chosen
+    config = p2p_config(request.replace(mask=request.mask_file, layout_guidance=0.0 if auto_layout else
+                                        request.layout_guidance), model, request.crop)
     # check the prompts and edit options (word counts, reweight/blend words, lengths) before the long inversion
     PromptToPrompt(request.source_prompt, request.target_prompts, model.tokenizer, request.steps, config)
     t0 = time.perf_counter()
     masks = None
-    if request.mask == AUTO_MASK or request.depth == AUTO_DEPTH:
+    if request.mask == AUTO_MASK or chosen:
         masks = disagreement_masks(model, image, request.source_prompt, list(request.target_prompts), request.seed)
-    if request.mask == AUTO_MASK:
-        config = p2p_config(request, model, request.crop, masks)
-    if request.depth == AUTO_DEPTH:  # a local edit is inverted part of the way, one of the whole picture fully
-        request = request.replace(depth=depth_for(masks))
+    if chosen:
+        request = by_extent(request, masks)
+    if request.mask == AUTO_MASK or auto_layout:
+        config = p2p_config(request, model, request.crop, masks if request.mask == AUTO_MASK else None)
     record = source_record(model, image, request, invert_source, disable)
     t1 = time.perf_counter()
     result = edit_p2p(model, record, request.target_prompts, config, store_self=request.attention_maps, disable=disable)
@@ -130,6 +148,8 @@ def run_p2p(model, image, request: EditRequest, invert_source, disable) -> Metho
                "edit": result.controller.mode}
     if record.depth != FULL_DEPTH:  # steps is then the steps run, of the schedule's params["steps"]
         summary["depth"] = record.depth
+    if config.layout_guidance:
+        summary["layout_guidance"] = config.layout_guidance
     if result.controller.mode != config.edit:
         summary["note"] = f"--edit auto chose {result.controller.mode}"
     pictures = []

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from attention.controllers import EDIT_MODES, GUIDANCE_UNTIL
 from editing.core.errors import UserError
 from editing.core.image_io import MAX_IMAGE_PIXELS, Crop
+from editing.extent import BY_EXTENT
 from editing.null_finetune import DEFAULT_INNER_STEPS
 from inversion.invert import DEFAULT_GUIDANCE, DEFAULT_STEPS, FULL_DEPTH
 from inversion.null_text import NullTextConfig
@@ -24,6 +25,7 @@ from inversion.record import METHODS as INVERSIONS
 EDIT_METHODS = ("p2p", "null-finetune", "learned-embedding", "imagic", "finetune-embedding")
 SOURCE_METHODS = ("p2p", "null-finetune")  # the methods that invert the photo under its source prompt
 AUTO_DEPTH = "auto"  # --depth auto: chosen per edit by its extent (editing/extent.py), not a number
+AUTO_GUIDANCE = "auto"  # --guidance auto, --layout-guidance auto: chosen per edit by its extent, per inversion
 AUTO_MASK = "auto"  # --mask auto: the region where the captions disagree (editing/auto_mask.py), not a file
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
@@ -106,6 +108,13 @@ def _finite(value, what: str, low: float | None = None, high: float | None = Non
     return number
 
 
+def _auto_or_finite(value, what: str, low: float | None, high: float | None) -> float | str:
+    """"auto" (any case, as typed) or a finite number within the bounds."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _finite(value, what, low, high)
+
+
 @dataclass(frozen=True)
 class EditRequest:
     """One edit of one photo: the prompts, the method and every option that changes its pixels.
@@ -120,7 +129,7 @@ class EditRequest:
     method: str = "p2p"
     inversion: str = "null-text"
     steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | str = DEFAULT_GUIDANCE  # or "auto" (p2p: by the edit's extent, editing/extent.py)
     depth: float | str = FULL_DEPTH  # p2p: invert (and edit) through the last depth * steps steps only; or "auto"
     inner_steps: int = NullTextConfig.inner_steps  # null-text Adam steps per timestep
     seed: int = 0
@@ -135,7 +144,7 @@ class EditRequest:
     blend_threshold: float = 0.3  # the reference's local blend threshold
     blend_start: float = 0.2  # fraction of steps before blending starts
     mask: str | None = None  # a mask image (white = may change) instead of blend words, or "auto"
-    layout_guidance: float = 0.0  # cross-attention guidance's step on the edit latents (attention/guidance.py); 0: off
+    layout_guidance: float | str = 0.0  # cross-attention guidance's step on the edit latents (attention/guidance.py); 0: off; or "auto"
     layout_guidance_until: float = GUIDANCE_UNTIL  # the fraction of the steps it guides
     # null-finetune, learned-embedding, imagic (None: the method's own default)
     finetune_steps: int | None = None
@@ -179,15 +188,13 @@ class EditRequest:
                                 ("seed", 0, MAX_SEED), ("finetune_steps", 0, None), ("interp_steps", 0, None),
                                 ("embed_steps", 1, None), ("unet_steps", 0, None), ("max_pixels", 1, None)):
             put(name, _finite(getattr(self, name), f"--{name.replace('_', '-')}", low, high, int))
-        for name, low, high in (("guidance", 0, None), ("blend_threshold", 0, 1), ("blend_start", 0, 1),
-                                ("layout_guidance", 0, None), ("layout_guidance_until", 0, 1),
+        for name, low, high in (("blend_threshold", 0, 1), ("blend_start", 0, 1), ("layout_guidance_until", 0, 1),
                                 ("eta", None, None), ("embed_lr", 0, None), ("embed_lambda", 0, None),
                                 ("unet_lr", 0, None)):
             put(name, _finite(getattr(self, name), f"--{name.replace('_', '-')}", low, high))
-        if str(self.depth).strip().lower() == AUTO_DEPTH:
-            put("depth", AUTO_DEPTH)
-        else:
-            put("depth", _finite(self.depth, "--depth (a fraction of the steps, or auto)", 0, 1))
+        put("guidance", _auto_or_finite(self.guidance, "--guidance (a number, or auto)", 0, None))
+        put("layout_guidance", _auto_or_finite(self.layout_guidance, "--layout-guidance (a number, or auto)", 0, None))
+        put("depth", _auto_or_finite(self.depth, "--depth (a fraction of the steps, or auto)", 0, 1))
         self._check()
 
     def _check(self) -> None:
@@ -225,8 +232,28 @@ class EditRequest:
             raise UserError(f"--depth inverts part of the way for P2P: it applies to --method p2p, not {self.method}")
         if self.depth != FULL_DEPTH and self.inversion_file:
             raise UserError("--depth is the inversion's: a reused --inversion-file keeps the depth it was made with")
+        if self.guidance == AUTO_GUIDANCE:
+            self._check_by_extent("--guidance auto")
+            if self.inversion_file:
+                raise UserError("--guidance auto is chosen before the photo is inverted; a reused --inversion-file "
+                                "keeps the guidance it was made with: give a number")
+        if self.layout_guidance == AUTO_GUIDANCE:
+            self._check_by_extent("--layout-guidance auto")
         if self.blend_words is not None and not self.blend_words:
             raise UserError("--blend-words needs at least one word")
+
+    def _check_by_extent(self, option: str) -> None:
+        if self.method != "p2p":
+            raise UserError(f"{option} is chosen by the extent of a P2P edit: it applies to --method p2p, not "
+                            f"{self.method}")
+        if self.inversion not in BY_EXTENT:
+            raise UserError(f"{option} is measured for --inversion {' and '.join(BY_EXTENT)} only; give a number "
+                            f"with --inversion {self.inversion}")
+
+    @property
+    def inverts_by_extent(self) -> bool:
+        """Whether the source inversion's settings (depth, guidance) are chosen when the edit runs, by its mask."""
+        return self.depth == AUTO_DEPTH or self.guidance == AUTO_GUIDANCE
 
     @property
     def mask_file(self) -> str | None:

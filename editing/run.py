@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from editing.cli import EXIT_OK, Parser, apply_config_file, run_main
+from editing.cli import EXIT_OK, Parser, apply_config_file, number_or_auto, run_main
 from editing.core.checkpoints import PREDICTION_TYPES
 from editing.core.errors import UserError
 from editing.core.loading import load_model
@@ -81,10 +81,11 @@ def build_parser() -> Parser:
     p.add_argument("--mask", default=None,
                    help="a mask image (white = may change) instead of blend words, or 'auto': where the source and "
                         "target captions' noise predictions disagree (DiffEdit's mask; written as mask.png)")
-    p.add_argument("--layout-guidance", type=float, default=0.0, metavar="SCALE",
+    p.add_argument("--layout-guidance", type=number_or_auto, default=0.0, metavar="SCALE|auto",
                    help="hold the layout: after each step the edit latents take a gradient step of this size towards "
                         "the source's cross-attention maps (pix2pix-zero's guidance; 0 = off, the default; 10 on the "
-                        "toy world)")
+                        "toy world). auto (null-text and direct inversion): chosen by the edit's extent, as "
+                        "--depth auto (editing/extent.py)")
     p.add_argument("--layout-guidance-until", type=float, default=GUIDANCE_UNTIL, metavar="F",
                    help=f"fraction of the steps layout guidance acts on (default {GUIDANCE_UNTIL})")
     g = p.add_argument_group("null-finetune, learned-embedding, imagic and finetune-embedding")
@@ -129,8 +130,10 @@ def build_parser() -> Parser:
                    help="fetch a hub id (or a missing config) into the Hugging Face cache; nothing is downloaded "
                         "without it")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
+    p.add_argument("--guidance", type=number_or_auto, default=DEFAULT_GUIDANCE, metavar="G|auto",
+                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}). auto (p2p after null-text or "
+                        "direct inversion): chosen by the edit's extent, as --depth auto: null-text inverts and edits "
+                        "a local edit at 2, one of the whole picture at 7.5 (editing/extent.py)")
     p.add_argument("--depth", default=FULL_DEPTH, metavar="F|auto",
                    help="p2p: invert the photo only through the last F of the steps and edit from there (SDEdit's "
                         "strength): less noise keeps the layout, but edits of the whole picture (a background) need "

@@ -21,6 +21,7 @@ import pytest
 
 from editing.app import DEFAULT_HOST, AppServer, build_parser, make_server
 from editing.app_runs import FINISHED, Editor
+from editing.extent import GLOBAL_SHARE
 from editing.core.progress import tqdm, watch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,6 +253,20 @@ def test_the_inversion_depth_is_the_request_s_and_auto_is_chosen_per_photo(tiny_
     status, bad = tiny_server.submit(upload, {"source_prompt": SOURCE, "target_prompts": [BLUE], "depth": "deep",
                                               **TINY_FAST})
     assert status == 400 and bad["error"].startswith("--depth") and "auto" in bad["error"]
+
+
+def test_the_guidance_may_be_chosen_by_the_edit_s_extent(tiny_server):
+    upload = tiny_server.upload(TOY)
+    view = tiny_server.run(upload, {"source_prompt": SOURCE, "target_prompts": [BLUE], "guidance": "auto",
+                                    "layout_guidance": "auto", **TINY_FAST})
+    assert view["state"] == "done", view["message"]
+    summary = json.loads((tiny_server.editor.out / view["id"] / "summary.json").read_text())
+    assert summary["request"]["guidance"] == "auto" and summary["request"]["layout_guidance"] == "auto"
+    local = max(summary["auto_mask_share"]) <= GLOBAL_SHARE  # the tiny model's mask decides which
+    assert (summary["guidance"], summary["layout_guidance"]) == ((2.0, 5.0) if local else (7.5, 10.0))
+    status, bad = tiny_server.submit(upload, {"source_prompt": SOURCE, "target_prompts": [BLUE], "guidance": "auto",
+                                              "inversion": "ddim", **TINY_FAST})
+    assert status == 400 and bad["error"].startswith("--guidance auto")
 
 
 def test_runs_wait_in_one_queue_and_stop_ends_the_running_one(tiny_server):
