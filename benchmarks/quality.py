@@ -434,6 +434,8 @@ def markdown(header: dict, reconstruction: list[dict] | None, edits: list[dict] 
              f"{header['guidance']}, NTI inner steps {header['inner_steps']}, P2P cross / self replace "
              f"{header['p2p']['cross_replace']} / {header['p2p']['self_replace']}, device {header['device']}, "
              f"{header['date']}"]
+    if header.get("command"):  # --run-args may override the settings above for every edit
+        lines += ["", f"command: `{header['command']}`"]
     if header.get("training"):
         lines += ["", provenance_line(header["training"])]
     if reconstruction is not None:

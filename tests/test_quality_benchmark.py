@@ -85,6 +85,7 @@ def test_benchmark_writes_its_files(tmp_path):
     assert_scores_read_from_the_written_edits(tmp_path, result)
     assert np.isfinite(result["edit_psnr_db"]) and np.isfinite(result["reconstruction_psnr_db"])
     assert "direct + P2P replace" in (tmp_path / "quality.md").read_text()
+    assert "command: `python -m benchmarks.quality --model tiny-random --n 2" in (tmp_path / "quality.md").read_text()
     assert (tmp_path / "examples.png").stat().st_size > 0
     reasons = [failure_reasons(row) for row in result["per_scene"]]
     assert result["right_with_layout_kept"] == np.mean([not found for found in reasons])
@@ -260,6 +261,7 @@ def test_default_model_reconstruction_and_every_method(tmp_path):
         assert (tmp_path / "edits" / r["spec"].replace(":", "-") / "001" / "edit.png").is_file()
     text = (tmp_path / "quality.md").read_text()
     assert "negative-prompt + P2P replace" in text and "## Reconstruction" in text and "imagic" in text
+    assert f"--run-args {TINY_RUN_ARGS}" in text  # the options every edit also took, beside the header's settings
     assert (tmp_path / "examples.png").stat().st_size > 0 and (tmp_path / "reconstruction.png").stat().st_size > 0
 
 
