@@ -28,7 +28,7 @@ from editing.core.outputs import OutputFolder, refuse_input
 from editing.core.model import DTYPES
 from editing.core.speed import speed_summary, unet_checkpointing
 from editing.embedding import EmbeddingConfig
-from editing.extent import depth_for, guidance_for, layout_guidance_for
+from editing.extent import cross_replace_for, depth_for, guidance_for, layout_guidance_for
 from editing.finetune_embedding import DEFAULT_FINETUNE_K, FINETUNE_EMBEDDING, FinetuneEmbeddingConfig, \
     edit_finetune_embedding
 from editing.imagic import DEFAULT_EMBEDDING as IMAGIC_EMBEDDING, DEFAULT_ETA as IMAGIC_ETA, \
@@ -37,7 +37,7 @@ from editing.learned_embedding import DEFAULT_EMBEDDING as LE_EMBEDDING, DEFAULT
     DEFAULT_INTERP_STEPS as LE_INTERP_STEPS, LearnedEmbeddingConfig, edit_learned_embedding
 from editing.null_finetune import DEFAULT_K, NullFinetuneConfig, edit_null_finetune
 from editing.p2p import edit_p2p
-from editing.request import AUTO_DEPTH, AUTO_GUIDANCE, AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
+from editing.request import AUTO_GUIDANCE, AUTO_MASK, SOURCE_METHODS, EditRequest, parse_list
 from editing.core.errors import UserError
 from inversion.invert import FULL_DEPTH, InversionConfig, invert
 from inversion.null_text import NullTextConfig
@@ -112,33 +112,29 @@ def source_record(model, image, request: EditRequest, invert_source, disable: bo
 
 
 def by_extent(request: EditRequest, masks: torch.Tensor) -> EditRequest:
-    """The request with its "auto" depth, guidance and layout guidance chosen by the extent of these masks
-    (editing/extent.py): a local edit is inverted part of the way and guided gently, one of the whole picture
-    fully and harder."""
-    changes = {}
-    if request.depth == AUTO_DEPTH:
-        changes["depth"] = depth_for(masks)
-    if request.guidance == AUTO_GUIDANCE:
-        changes["guidance"] = guidance_for(masks, request.inversion)
-    if request.layout_guidance == AUTO_GUIDANCE:
-        changes["layout_guidance"] = layout_guidance_for(masks, request.inversion)
-    return request.replace(**changes)
+    """The request with its "auto" depth, guidance, layout guidance and cross-attention window chosen by the
+    extent of these masks (editing/extent.py): a local edit is inverted part of the way and guided gently, one
+    of the whole picture fully and harder."""
+    chooser = {"depth": lambda: depth_for(masks), "guidance": lambda: guidance_for(masks, request.inversion),
+               "layout_guidance": lambda: layout_guidance_for(masks, request.inversion),
+               "cross_replace": lambda: cross_replace_for(masks, request.inversion)}
+    return request.replace(**{name: choose() for name, choose in chooser.items()
+                              if getattr(request, name) == AUTO_GUIDANCE})  # "auto", the same word for each
 
 
 def run_p2p(model, image, request: EditRequest, invert_source, disable) -> MethodOutput:
-    chosen = request.inverts_by_extent or request.layout_guidance == AUTO_GUIDANCE
-    auto_layout = request.layout_guidance == AUTO_GUIDANCE  # its value is checked once it is chosen
-    config = p2p_config(request.replace(mask=request.mask_file, layout_guidance=0.0 if auto_layout else
-                                        request.layout_guidance), model, request.crop)
-    # check the prompts and edit options (word counts, reweight/blend words, lengths) before the long inversion
+    # check the prompts and edit options (word counts, reweight/blend words, lengths) before the long inversion,
+    # an edit by extent as a local one (a mask of nothing) would take them
+    early = by_extent(request, torch.zeros(1, 1, 1)).replace(mask=request.mask_file)
+    config = p2p_config(early, model, request.crop)
     PromptToPrompt(request.source_prompt, request.target_prompts, model.tokenizer, request.steps, config)
     t0 = time.perf_counter()
-    masks = None
-    if request.mask == AUTO_MASK or chosen:
+    masks, asked = None, request
+    if request.mask == AUTO_MASK or request.edits_by_extent:
         masks = disagreement_masks(model, image, request.source_prompt, list(request.target_prompts), request.seed)
-    if chosen:
+    if request.edits_by_extent:
         request = by_extent(request, masks)
-    if request.mask == AUTO_MASK or auto_layout:
+    if request.mask == AUTO_MASK or asked.edits_by_extent:
         config = p2p_config(request, model, request.crop, masks if request.mask == AUTO_MASK else None)
     record = source_record(model, image, request, invert_source, disable)
     t1 = time.perf_counter()
@@ -150,6 +146,8 @@ def run_p2p(model, image, request: EditRequest, invert_source, disable) -> Metho
         summary["depth"] = record.depth
     if config.layout_guidance:
         summary["layout_guidance"] = config.layout_guidance
+    if asked.cross_replace == AUTO_GUIDANCE:  # the window chosen (else the request's, in summary["request"])
+        summary["cross_replace"] = request.cross_replace
     if result.controller.mode != config.edit:
         summary["note"] = f"--edit auto chose {result.controller.mode}"
     pictures = []

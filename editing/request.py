@@ -25,7 +25,7 @@ from inversion.record import METHODS as INVERSIONS
 EDIT_METHODS = ("p2p", "null-finetune", "learned-embedding", "imagic", "finetune-embedding")
 SOURCE_METHODS = ("p2p", "null-finetune")  # the methods that invert the photo under its source prompt
 AUTO_DEPTH = "auto"  # --depth auto: chosen per edit by its extent (editing/extent.py), not a number
-AUTO_GUIDANCE = "auto"  # --guidance auto, --layout-guidance auto: chosen per edit by its extent, per inversion
+AUTO_GUIDANCE = "auto"  # --guidance, --layout-guidance, --cross-replace auto: chosen per edit by its extent
 AUTO_MASK = "auto"  # --mask auto: the region where the captions disagree (editing/auto_mask.py), not a file
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
@@ -108,11 +108,13 @@ def _finite(value, what: str, low: float | None = None, high: float | None = Non
     return number
 
 
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"  # any case, as typed
+
+
 def _auto_or_finite(value, what: str, low: float | None, high: float | None) -> float | str:
-    """"auto" (any case, as typed) or a finite number within the bounds."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    return _finite(value, what, low, high)
+    """"auto" or a finite number within the bounds."""
+    return "auto" if _is_auto(value) else _finite(value, what, low, high)
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class EditRequest:
     seed: int = 0
     # Prompt-to-Prompt
     edit: str = "auto"  # replace (same word count), refine or auto
-    cross_replace: Range = 0.8  # fraction of steps with injected cross-attention
+    cross_replace: Range | str = 0.8  # fraction of steps with injected cross-attention; or "auto"
     cross_replace_word: Mapping[str, Range] = field(default_factory=dict)  # per-word ranges
     self_replace: Range = 0.4  # fraction of steps with injected self-attention
     reweight: Mapping[str, float] = field(default_factory=dict)
@@ -174,7 +176,8 @@ class EditRequest:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen: normalise once)
         targets = (self.target_prompts,) if isinstance(self.target_prompts, str) else tuple(self.target_prompts or ())
         put("target_prompts", tuple(str(t) for t in targets))
-        put("cross_replace", parse_range(self.cross_replace, "--cross-replace"))
+        put("cross_replace", AUTO_GUIDANCE if _is_auto(self.cross_replace) else
+            parse_range(self.cross_replace, "--cross-replace"))
         put("cross_replace_word", {w: parse_range(v, f"--cross-replace-word {w}=")
                                    for w, v in parse_pairs(self.cross_replace_word, "--cross-replace-word").items()})
         put("self_replace", parse_range(self.self_replace, "--self-replace"))
@@ -239,6 +242,8 @@ class EditRequest:
                                 "keeps the guidance it was made with: give a number")
         if self.layout_guidance == AUTO_GUIDANCE:
             self._check_by_extent("--layout-guidance auto")
+        if self.cross_replace == AUTO_GUIDANCE:
+            self._check_by_extent("--cross-replace auto")
         if self.blend_words is not None and not self.blend_words:
             raise UserError("--blend-words needs at least one word")
 
@@ -249,6 +254,11 @@ class EditRequest:
         if self.inversion not in BY_EXTENT:
             raise UserError(f"{option} is measured for --inversion {' and '.join(BY_EXTENT)} only; give a number "
                             f"with --inversion {self.inversion}")
+
+    @property
+    def edits_by_extent(self) -> bool:
+        """Whether any setting is chosen when the edit runs, by its mask (editing/extent.py)."""
+        return self.inverts_by_extent or AUTO_GUIDANCE in (self.layout_guidance, self.cross_replace)
 
     @property
     def inverts_by_extent(self) -> bool:

@@ -65,7 +65,9 @@ def build_parser() -> Parser:
     p.add_argument("--edit", default="auto", choices=EDIT_MODES,
                    help="replace (same word count), refine (any prompts) or auto (default)")
     p.add_argument("--cross-replace", default="0.8",
-                   help="fraction of steps with injected cross-attention: F or START,END (default 0.8)")
+                   help="fraction of steps with injected cross-attention: F or START,END (default 0.8); auto "
+                        "(null-text and direct inversion): by the edit's extent, as --depth auto (null-text: 0.4 for "
+                        "an edit of the whole picture)")
     p.add_argument("--cross-replace-word", action="append", default=[], metavar="WORD=F[,END]",
                    help="a per-word cross-attention range (repeatable)")
     p.add_argument("--self-replace", default="0.4",

@@ -1,5 +1,6 @@
-"""--guidance auto and --layout-guidance auto: P2P's guidance chosen by how much of the picture the edit changes
-(editing/extent.py), per inversion, as --depth auto chooses the depth."""
+"""--guidance auto, --layout-guidance auto and --cross-replace auto: P2P's guidance and cross-attention window
+chosen by how much of the picture the edit changes (editing/extent.py), per inversion, as --depth auto chooses
+the depth."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from editing import batch as batch_module
 from editing.cli import run_main
 from editing.core.errors import UserError
 from editing.core.image_io import load_image
-from editing.extent import BY_EXTENT_GUIDANCE, BY_EXTENT_LAYOUT_GUIDANCE, guidance_for, layout_guidance_for
+from editing.extent import BY_EXTENT_CROSS_REPLACE, BY_EXTENT_GUIDANCE, BY_EXTENT_LAYOUT_GUIDANCE, \
+    cross_replace_for, guidance_for, layout_guidance_for
 from editing.methods import edit, inversion_config
 from editing.request import AUTO_GUIDANCE, EditRequest
 
@@ -35,17 +37,22 @@ def test_each_inversion_guides_local_edits_gently_and_whole_picture_edits_harder
     assert guidance_for(local, "null-text") == 2.0 and guidance_for(whole, "null-text") == 7.5
     assert layout_guidance_for(local, "null-text") == 5.0 and layout_guidance_for(whole, "null-text") == 10.0
     assert guidance_for(local, "direct") == 7.5 and guidance_for(whole, "direct") == 10.0
+    assert cross_replace_for(local, "null-text") == 0.8 and cross_replace_for(whole, "null-text") == 0.4
+    assert cross_replace_for(whole, "direct") == 0.8
     for inversion in BY_EXTENT_GUIDANCE:  # one whole-picture target among several makes the batch global
         both = torch.cat([local, whole])
         assert guidance_for(both, inversion) == BY_EXTENT_GUIDANCE[inversion][1]
         assert layout_guidance_for(both, inversion) == BY_EXTENT_LAYOUT_GUIDANCE[inversion][1]
+        assert cross_replace_for(both, inversion) == BY_EXTENT_CROSS_REPLACE[inversion][1]
 
 
 def test_auto_is_read_in_any_case_and_is_not_an_inversion_setting():
     request = EditRequest(source_prompt=SOURCE, target_prompts=[COLOUR], guidance=" Auto", layout_guidance="AUTO")
     assert (request.guidance, request.layout_guidance) == (AUTO_GUIDANCE, AUTO_GUIDANCE)
     assert request.inverts_by_extent
-    assert not EditRequest(source_prompt=SOURCE, target_prompts=[COLOUR], layout_guidance="auto").inverts_by_extent
+    for name in ("layout_guidance", "cross_replace"):  # settings of the edit, not of the inversion
+        only = EditRequest(source_prompt=SOURCE, target_prompts=[COLOUR], **{name: "Auto"})
+        assert getattr(only, name) == AUTO_GUIDANCE and only.edits_by_extent and not only.inverts_by_extent
     with pytest.raises(ValueError, match="chosen per edit"):
         inversion_config(request)
 
@@ -56,6 +63,8 @@ def test_auto_is_read_in_any_case_and_is_not_an_inversion_setting():
     ({"layout_guidance": "auto", "inversion": "negative-prompt"}, "measured for --inversion null-text and direct"),
     ({"layout_guidance": "auto", "method": "imagic"}, "applies to --method p2p"),
     ({"guidance": "auto", "inversion_file": "cat.safetensors"}, "keeps the guidance it was made with"),
+    ({"cross_replace": "auto", "inversion": "ddim"}, "--cross-replace auto is measured"),
+    ({"cross_replace": "auto", "method": "null-finetune"}, "applies to --method p2p"),
     ({"guidance": "strong"}, r"--guidance \(a number, or auto\)"),
     ({"layout_guidance": -1}, "--layout-guidance"),
 ])
@@ -71,11 +80,14 @@ def test_auto_guidance_is_the_chosen_numbers_given_by_hand(default_model, target
     photo = load_image(PHOTO, 64)
     base = dict(source_prompt=SOURCE, target_prompts=[target], inversion="null-text", steps=6, inner_steps=2,
                 quiet=True)
-    auto = edit(default_model, photo, EditRequest(**base, guidance="auto", layout_guidance="auto"))
-    guidance, layout = (2.0, 5.0) if local else (7.5, 10.0)
-    assert (auto.summary["guidance"], auto.summary["layout_guidance"]) == (guidance, layout)
+    auto = edit(default_model, photo, EditRequest(**base, guidance="auto", layout_guidance="auto",
+                                                  cross_replace="auto"))
+    guidance, layout, cross = (2.0, 5.0, 0.8) if local else (7.5, 10.0, 0.4)
+    assert (auto.summary["guidance"], auto.summary["layout_guidance"], auto.summary["cross_replace"]) == \
+        (guidance, layout, cross)
     assert "depth" not in auto.summary  # the depth stays the request's (full)
-    by_hand = edit(default_model, photo, EditRequest(**base, guidance=guidance, layout_guidance=layout))
+    by_hand = edit(default_model, photo, EditRequest(**base, guidance=guidance, layout_guidance=layout,
+                                                     cross_replace=cross))
     assert np.array_equal(auto.edits[0], by_hand.edits[0])
     assert np.array_equal(auto.reconstruction, by_hand.reconstruction)
 
