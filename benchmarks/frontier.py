@@ -63,6 +63,8 @@ RECORDED = (
     # "Guidance chosen by the edit's extent, in the toolkit" (session 27)
     Point("depth, cfg, lg auto", 0.96, 0.86, "direct", "at 0.88,0.925"),
     Point("cfg, lg auto", 0.88, 0.82, "null-text", "at 0.872,0.84"),
+    Point("depth, cfg, lg auto", 0.86, 0.88, "null-text", "at 0.905,0.825"),
+    Point("depth, cfg, lg, cross auto", 0.91, 0.85, "null-text", "at 0.87,0.905"),
 )
 TARGETS = {"direct": (0.95, 0.90), "null-text": (0.90, 0.85)}  # issue 21: (accuracy, layout kept)
 COLOURS = {"direct": (20, 90, 200), "null-text": (200, 30, 30)}  # RGB
@@ -90,7 +92,7 @@ def frontier_figure(points: list[Point]) -> np.ndarray:
         image[:] = cv2.addWeighted(tinted, 0.12, image, 0.88, 0)
         cv2.rectangle(image, corner, far, COLOURS[inversion], 1)
         name = "Direct target" if inversion == "direct" else "NTI target"
-        at = (corner[0] + 4, far[1] + 16) if inversion == "direct" else (corner[0] + 4, corner[1] - 6)
+        at = (corner[0] + 4, far[1] + 16)  # the box's top left corner
         cv2.putText(image, name, at, FONT, 0.45, COLOURS[inversion], 1, cv2.LINE_AA)
     for p in points:
         centre, colour = px(p.layout_kept, p.accuracy), COLOURS[p.inversion]
