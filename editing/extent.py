@@ -1,5 +1,5 @@
-"""`--depth auto`, `--guidance auto`, `--layout-guidance auto`: how far to invert a photo and how hard to guide
-its edit, chosen by how much of it the edit changes.
+"""`--depth auto`, `--guidance auto`, `--layout-guidance auto`, `--cross-replace auto`: how far to invert a photo
+and how to guide its edit, chosen by how much of it the edit changes.
 
 Inverting only the last part of the DDIM schedule (SDEdit's strength, Meng et al.) leaves the coarse layout
 in the partly noised latent, so a local edit (a shape's colour or kind) keeps its place better; an edit of
@@ -32,7 +32,7 @@ LOCAL_DEPTH = 0.6  # of depths 0.4, 0.6, 0.8 and 1, the one that kept the most l
 # (local edit, whole-picture edit) per inversion, each the best measured on the toy world's turned scenes
 BY_EXTENT_GUIDANCE = {"null-text": (2.0, 7.5), "direct": (7.5, 10.0)}
 BY_EXTENT_LAYOUT_GUIDANCE = {"null-text": (5.0, 10.0), "direct": (10.0, 10.0)}
-BY_EXTENT_CROSS_REPLACE = {"null-text": (0.8, 0.4), "direct": (0.8, 0.8)}  # P2P's default but NTI's new background
+BY_EXTENT_CROSS_REPLACE = {"null-text": (0.8, 0.4), "direct": (0.8, 0.8)}  # P2P's 0.8 but for NTI's global edits
 BY_EXTENT = tuple(BY_EXTENT_GUIDANCE)  # the inversions whose guidance may be "auto"
 
 

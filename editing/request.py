@@ -146,7 +146,8 @@ class EditRequest:
     blend_threshold: float = 0.3  # the reference's local blend threshold
     blend_start: float = 0.2  # fraction of steps before blending starts
     mask: str | None = None  # a mask image (white = may change) instead of blend words, or "auto"
-    layout_guidance: float | str = 0.0  # cross-attention guidance's step on the edit latents (attention/guidance.py); 0: off; or "auto"
+    # cross-attention guidance's step on the edit latents (attention/guidance.py); 0: off; or "auto"
+    layout_guidance: float | str = 0.0
     layout_guidance_until: float = GUIDANCE_UNTIL  # the fraction of the steps it guides
     # null-finetune, learned-embedding, imagic (None: the method's own default)
     finetune_steps: int | None = None
