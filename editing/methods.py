@@ -129,14 +129,18 @@ def run_p2p(model, image, request: EditRequest, invert_source, disable) -> Metho
     config = p2p_config(early, model, request.crop)
     PromptToPrompt(request.source_prompt, request.target_prompts, model.tokenizer, request.steps, config)
     t0 = time.perf_counter()
-    masks, asked = None, request
+    masks, asked, record = None, request, None
+    if request.inversion_file:  # a reused record: its own method chooses what follows (not --inversion)
+        record = source_record(model, image, request, invert_source, disable)
+        request = request.replace(inversion=record.method)
     if request.mask == AUTO_MASK or request.edits_by_extent:
         masks = disagreement_masks(model, image, request.source_prompt, list(request.target_prompts), request.seed)
     if request.edits_by_extent:
         request = by_extent(request, masks)
     if request.mask == AUTO_MASK or asked.edits_by_extent:
         config = p2p_config(request, model, request.crop, masks if request.mask == AUTO_MASK else None)
-    record = source_record(model, image, request, invert_source, disable)
+    if record is None:
+        record = source_record(model, image, request, invert_source, disable)
     t1 = time.perf_counter()
     result = edit_p2p(model, record, request.target_prompts, config, store_self=request.attention_maps, disable=disable)
     t2 = time.perf_counter()

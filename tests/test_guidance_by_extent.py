@@ -111,3 +111,20 @@ def test_a_batch_at_auto_guidance_caches_the_inversion_at_the_chosen_guidance(tm
     # the inversion it made is the one a request for guidance 2 by hand finds
     again = batch("--guidance", "2", "--layout-guidance", "5", "--overwrite")
     assert again["status"] == "done" and again["inversion"] == "reused"
+
+
+def test_a_reused_inversion_chooses_by_its_own_method(default_model, tmp_path):
+    """--inversion-file: the record's method, not --inversion, picks the row of the table (and is refused where
+    the table has none)."""
+    photo = load_image(PHOTO, 64)
+    base = dict(source_prompt=SOURCE, target_prompts=[COLOUR], steps=4, quiet=True)
+    for inversion in ("direct", "ddim"):
+        edit(default_model, photo, EditRequest(**base, inversion=inversion,
+                                               save_inversion=str(tmp_path / f"{inversion}.safetensors")))
+    reused = edit(default_model, photo, EditRequest(**base, inversion_file=str(tmp_path / "direct.safetensors"),
+                                                    layout_guidance="auto", cross_replace="auto"))
+    assert reused.summary["inversion"] == "direct"
+    assert (reused.summary["layout_guidance"], reused.summary["cross_replace"]) == (10.0, 0.8)  # direct, local
+    with pytest.raises(UserError, match="measured for --inversion null-text and direct only"):
+        edit(default_model, photo, EditRequest(**base, inversion_file=str(tmp_path / "ddim.safetensors"),
+                                               layout_guidance="auto"))
